@@ -67,6 +67,16 @@ class ModelAdapter(Protocol):
     def save_pretrained(self, model: Any, dest: str) -> None:
         """Write the model in its official folder layout, so `build(path=dest)` and `infer` can load it."""
 
+    # Inference entry points used by `sgt-data infer {und,t2i,seg}` (model from build(for_training=False)).
+    def und(self, model: Any, image: Any | None, question: str, *, max_new_tokens: int = 256) -> str:
+        """Answer `question` about a PIL image (or None for text only); greedy decode with a KV cache."""
+
+    def t2i(self, model: Any, prompt: str, *, width: int, height: int, steps: int, seed: int, **cfg: Any) -> Any:
+        """Generate a PIL image from text (Euler flow sampling with the port's CFG options)."""
+
+    def seg(self, model: Any, image: Any, prompt: str, *, steps: int, seed: int, **cfg: Any) -> Any:
+        """Image -> colour segmentation map (PIL, at the input's size) with the training conditioning."""
+
 
 PORTS = ("bagel", "omnigen2")
 
