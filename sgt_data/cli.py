@@ -62,7 +62,10 @@ def _configure_hub_env(args: argparse.Namespace) -> None:
         if already and os.environ.get("HF_ENDPOINT") != endpoint:
             # Only reachable when main() is called in-process after an HF import (tests); code passes
             # `endpoint=` explicitly as well, so this is a belt-and-braces warning, not a silent failure.
-            print(f"sgt-data: note: {', '.join(already)} already imported; endpoint passed explicitly", file=sys.stderr)
+            print(
+                f"sgt-data: note: {', '.join(already)} already imported; endpoint passed explicitly",
+                file=sys.stderr,
+            )
         os.environ["HF_ENDPOINT"] = endpoint.rstrip("/")
         os.environ["HF_HUB_DISABLE_XET"] = "1"
 

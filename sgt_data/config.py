@@ -142,7 +142,9 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         return float(value)
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
         problems.append(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
 

@@ -37,4 +37,6 @@ def resolve(kind: str, name_or_path: str | Path) -> Path:
         if path.is_file():
             return path
     names = ", ".join(available(kind)) or "none"
-    raise FileNotFoundError(f"no {kind[:-1]} {str(name_or_path)!r}: not a file, and not a bundled name ({names})")
+    raise FileNotFoundError(
+        f"no {kind[:-1]} {str(name_or_path)!r}: not a file, and not a bundled name ({names})"
+    )

@@ -71,7 +71,9 @@ class ModelAdapter(Protocol):
     def und(self, model: Any, image: Any | None, question: str, *, max_new_tokens: int = 256) -> str:
         """Answer `question` about a PIL image (or None for text only); greedy decode with a KV cache."""
 
-    def t2i(self, model: Any, prompt: str, *, width: int, height: int, steps: int, seed: int, **cfg: Any) -> Any:
+    def t2i(
+        self, model: Any, prompt: str, *, width: int, height: int, steps: int, seed: int, **cfg: Any
+    ) -> Any:
         """Generate a PIL image from text (Euler flow sampling with the port's CFG options)."""
 
     def seg(self, model: Any, image: Any, prompt: str, *, steps: int, seed: int, **cfg: Any) -> Any:

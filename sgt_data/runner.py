@@ -1,0 +1,250 @@
+"""The one module that knows Ray: shard tasks -> steps -> canonical shards, resumably.
+
+A build is a list of `ShardTask`s (one output shard each, deterministic index) plus a `reader` that turns a task
+into chunks of rows, plus a list of steps (design.md §4). Each shard is one Ray task: it reads its chunks, runs the
+steps on each chunk, drops transient `_` columns, writes the shard atomically, then its stats and completion
+marker. A rerun skips every shard with a marker; `overwrite=True` redoes all. Steps that declare `num_gpus` (or
+`actor = True`) run in a pool of Ray actors, loaded once per actor; shard tasks send them chunks, so decoding and
+encoding on the CPUs overlap the accelerator's work.
+
+Ray is imported lazily, so `sgt-data --help` and the unit tests of the steps never pay for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sgt_data import shards
+
+Batch = dict[str, list]
+
+
+@dataclass
+class ShardTask:
+    """One output shard: its index and whatever the reader needs to produce its rows (picklable)."""
+
+    index: int
+    inputs: Any
+    rows_hint: int = 0
+
+
+@dataclass
+class RunOptions:
+    address: str | None = None
+    num_cpus: int | None = None
+    overwrite: bool = False
+    verbose: bool = False
+    progress: bool = True
+    chunk_size: int = 16
+    actor_concurrency: int | None = None
+
+
+@dataclass
+class RunResult:
+    written: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    rows: int = 0
+
+
+def add_runner_arguments(parser) -> None:
+    """The runner options every `build` command shares."""
+    g = parser.add_argument_group("runner")
+    g.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    g.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    g.add_argument("--overwrite", action="store_true", help="redo every shard, even completed ones")
+    g.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def options_from_args(args) -> RunOptions:
+    return RunOptions(
+        address=getattr(args, "address", None),
+        num_cpus=getattr(args, "num_cpus", None),
+        overwrite=getattr(args, "overwrite", False),
+        verbose=getattr(args, "verbose", False),
+        progress=getattr(args, "progress", True),
+    )
+
+
+# ---------------------------------------------------------------- per-shard work (runs inside Ray workers)
+
+
+def is_actor_step(step: Any) -> bool:
+    return bool(getattr(step, "actor", False) or getattr(step, "num_gpus", 0))
+
+
+_SETUP_DONE: dict[int, Any] = {}
+
+
+def _ready(step: Any) -> Any:
+    """Call a step's heavy `setup()` once per worker process (steps are pickled fresh per task)."""
+    key = id(step)
+    if key not in _SETUP_DONE:
+        if hasattr(step, "setup"):
+            step.setup()
+        _SETUP_DONE.clear()  # one task's steps at a time; earlier ones are garbage
+        _SETUP_DONE[key] = step
+    return step
+
+
+def drop_transient(batch: Batch) -> Batch:
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
+def run_steps(batch: Batch, steps: list[Any], actors: dict[int, list] | None = None, salt: int = 0) -> Batch:
+    """Apply steps in order; actor steps go to their pool (round-robin by `salt`)."""
+    for i, step in enumerate(steps):
+        pool = (actors or {}).get(i)
+        if pool:
+            import ray
+
+            batch = ray.get(pool[salt % len(pool)].call.remote(batch))
+        else:
+            batch = step(batch)
+    return batch
+
+
+def process_shard(
+    task: ShardTask,
+    reader: Callable[[ShardTask], Iterator[Batch]],
+    steps: list[Any],
+    columns: list[str],
+    out_dir: str,
+    actors: dict[int, list] | None = None,
+) -> dict:
+    """Read, transform and write one shard; returns its stats. Pure Python: also used by the plain-loop path."""
+    started = time.time()
+    for i, step in enumerate(steps):
+        if not (actors and i in actors):
+            _ready(step)
+    parts: list[Batch] = []
+    for n, chunk in enumerate(reader(task)):
+        if not chunk.get("key"):
+            continue
+        out = drop_transient(run_steps(chunk, steps, actors, salt=task.index + n))
+        parts.append(out)
+    rows: Batch = {c: [v for p in parts for v in p.get(c, [None] * len(p["key"]))] for c in columns}
+    if "key" not in rows or not parts:
+        rows = {c: [] for c in columns}
+    table = shards.to_table(rows, columns)
+    return shards.finish_shard(Path(out_dir), task.index, table, {"seconds": round(time.time() - started, 3)})
+
+
+class _StepActor:
+    """Hosts one actor step (e.g. the depth model) inside a Ray actor; loaded once."""
+
+    def __init__(self, step: Any):
+        self.step = step
+        if hasattr(step, "setup"):
+            step.setup()
+
+    def call(self, batch: Batch) -> Batch:
+        return self.step(batch)
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def _quiet_env(local: bool) -> None:
+    # A cluster we start ourselves stays on loopback and needs no auth token file.
+    if local:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def init_ray(opts: RunOptions) -> bool:
+    """Start (or join) Ray unless already initialised; returns True when we started it (and must stop it)."""
+    _quiet_env(local=opts.address is None)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    level = logging.INFO if opts.verbose else logging.WARNING
+    kwargs: dict[str, Any] = dict(
+        logging_level=level, log_to_driver=opts.verbose, include_dashboard=False, configure_logging=True
+    )
+    if opts.address:
+        ray.init(address=opts.address, **kwargs)
+    else:
+        ray.init(num_cpus=opts.num_cpus, **kwargs)
+    return True
+
+
+def _make_actor_pools(steps: list[Any], opts: RunOptions) -> dict[int, list]:
+    import ray
+
+    pools: dict[int, list] = {}
+    for i, step in enumerate(steps):
+        if not is_actor_step(step):
+            continue
+        num_gpus = float(getattr(step, "num_gpus", 0) or 0)
+        size = opts.actor_concurrency or getattr(step, "concurrency", None)
+        if not size:
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            size = max(1, int(gpus / num_gpus)) if num_gpus else 1
+        cls = ray.remote(num_cpus=float(getattr(step, "num_cpus", 1)), num_gpus=num_gpus)(_StepActor)
+        pools[i] = [cls.remote(step) for _ in range(size)]
+    return pools
+
+
+def run(
+    tasks: list[ShardTask],
+    reader: Callable[[ShardTask], Iterator[Batch]],
+    steps: list[Any],
+    columns: list[str],
+    out_dir: str | Path,
+    opts: RunOptions,
+) -> RunResult:
+    """Run every task not yet completed (all with `overwrite`) on Ray; shards are written by the tasks."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = RunResult()
+    todo = []
+    for task in tasks:
+        if not opts.overwrite and shards.is_complete(out, task.index):
+            result.skipped.append(task.index)
+        else:
+            (out / "completions" / shards.shard_stem(task.index)).unlink(missing_ok=True)
+            todo.append(task)
+    if not todo:
+        return result
+    started = time.time()
+    own = init_ray(opts)
+    import ray
+
+    try:
+        pools = _make_actor_pools(steps, opts)
+        remote = ray.remote(num_cpus=1, max_retries=1)(process_shard)
+        pending = {remote.remote(t, reader, steps, columns, str(out), pools): t for t in todo}
+        bar = _progress(sum(t.rows_hint for t in todo), opts.progress)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            task = pending.pop(done[0])
+            stats = ray.get(done[0])
+            result.written.append(task.index)
+            result.rows += stats["rows"]
+            if bar is not None:
+                bar.update(stats["rows"])
+        if bar is not None:
+            bar.close()
+    finally:
+        if own:
+            ray.shutdown()
+    result.seconds = time.time() - started
+    return result
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total or None, unit="sample", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
