@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sgt-data " + " ".join(words), description=text)
     module.add_arguments(parser)
     args = parser.parse_args(argv[len(words) :])
+    args.argv = ["sgt-data", *argv]  # the exact command, recorded in manifests and dataset cards
     _configure_hub_env(args)
     try:
         return int(module.run(args) or 0)

@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test` (both create .venv on first use).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_OUT ?= demo-out
+# torch is pinned in the same pip command as the rest: an unpinned resolve pulls a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+PIP_FILTER := { grep -v "is ignored" || true; }
+
+.PHONY: demo test test-unit test-gpu lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | $(PIP_FILTER)
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)" -e ".[train,dev]" 2>&1 | $(PIP_FILTER)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sgt-data build proxies --input examples/sa1b --output $(DEMO_OUT)/proxies
+	$(BIN)/sgt-data show $(DEMO_OUT)/proxies --out $(DEMO_OUT)/contact_sheet.png
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu and not integration"
+
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu
+
+lint: $(STAMP)
+	$(BIN)/ruff check sgt_data tests benchmarks examples
+	$(BIN)/ruff format --check sgt_data tests benchmarks examples
+
+format: $(STAMP)
+	$(BIN)/ruff format sgt_data tests benchmarks examples
+	$(BIN)/ruff check --fix sgt_data tests benchmarks examples
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache build dist
