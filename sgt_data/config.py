@@ -56,17 +56,42 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key=value` overrides in place (creating nested mappings as needed) and return `data`."""
+def _field_default(cls: Any, name: str) -> Any:
+    """The default value of dataclass field `name` as plain data (MISSING when none or not a dataclass)."""
+    if not dataclasses.is_dataclass(cls):
+        return MISSING
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not MISSING:
+                return to_dict(f.default)
+            if f.default_factory is not MISSING:
+                return to_dict(f.default_factory())
+    return MISSING
+
+
+def _field_type(cls: Any, name: str) -> Any:
+    if not dataclasses.is_dataclass(cls):
+        return None
+    tp = typing.get_type_hints(cls).get(name)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 else tp
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], cls: Any = None) -> dict[str, Any]:
+    """Apply `key=value` overrides in place and return `data`.
+
+    With the schema `cls`, a mapping the YAML left out starts from the schema's default, so `mixing.ratio.seg=3`
+    changes one entry of the default ratio instead of replacing the whole mapping."""
     for item in overrides:
         path, value = parse_override(item)
-        node = data
+        node, node_cls = data, cls
         for part in path[:-1]:
             child = node.get(part)
             if not isinstance(child, dict):
-                child = {}
+                default = _field_default(node_cls, part)
+                child = default if isinstance(default, dict) else {}
                 node[part] = child
-            node = child
+            node, node_cls = child, _field_type(node_cls, part)
         node[path[-1]] = value
     return data
 
@@ -184,7 +209,7 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
 
 def load(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
     """Read YAML at `path`, apply overrides, convert into `cls` (errors list every bad key at once)."""
-    data = apply_overrides(load_yaml(path), list(overrides or []))
+    data = apply_overrides(load_yaml(path), list(overrides or []), cls)
     return from_dict(cls, data, source=str(path))
 
 
