@@ -1,0 +1,144 @@
+"""The seg target: a colour-per-instance RGB PNG, from painted SA-1B RLE or a ready-made SAM-SGT colour mask.
+
+Colours come from a palette seeded by the sample key (plus a global seed), so the same sample gets the same
+colours whatever the batch order or worker count. Black (0, 0, 0) means "no mask"; labels never get black or a
+near-black colour, and no two labels share a colour, so every instance stays separable in the target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from numba import njit
+
+from sgt_data.errors import BadAnnotations, BadTarget
+from sgt_data.proxies.image import Batch, map_ok_rows
+from sgt_data.proxies.prompts import key_seed
+from sgt_data.proxies.rle import paint_annotations
+
+MIN_BRIGHTNESS = 48  # a label colour's brightest channel is at least this, so it never reads as unlabelled
+_TILE = 64  # square tiles keep both the column-major reads and the row-major writes inside cache
+
+
+def make_palette(n_labels: int, key: str, seed: int = 0) -> np.ndarray:
+    """(n_labels + 1, 3) uint8 RGB; row 0 is black (unlabelled), rows 1.. are distinct, not dark, seeded by key."""
+    rng = np.random.default_rng(key_seed(key, seed, "palette"))
+    palette = np.zeros((n_labels + 1, 3), np.uint8)
+    todo = np.arange(1, n_labels + 1)
+    while todo.size:  # redraw dark or repeated colours; converges in a round or two
+        palette[todo] = rng.integers(0, 256, (todo.size, 3), dtype=np.uint8)
+        packed = palette.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
+        _, first = np.unique(packed, return_index=True)
+        repeated = np.ones(n_labels + 1, bool)
+        repeated[first] = False
+        dark = palette.max(axis=1) < MIN_BRIGHTNESS
+        dark[0] = repeated[0] = False
+        todo = np.flatnonzero(dark | repeated)
+    return palette
+
+
+@njit(cache=True, nogil=True)
+def _render_t(labels_t, lut, out):  # pragma: no cover - compiled
+    """out[y, x] = lut[labels_t[x, y]]: LUT render fused with the column- to row-major transpose."""
+    width, height = labels_t.shape
+    for y0 in range(0, height, _TILE):
+        y1 = min(y0 + _TILE, height)
+        for x0 in range(0, width, _TILE):
+            x1 = min(x0 + _TILE, width)
+            for y in range(y0, y1):
+                for x in range(x0, x1):
+                    label = labels_t[x, y]
+                    out[y, x, 0] = lut[label, 0]
+                    out[y, x, 1] = lut[label, 1]
+                    out[y, x, 2] = lut[label, 2]
+
+
+def render_bgr(labels: np.ndarray, palette_rgb: np.ndarray) -> np.ndarray:
+    """HxW uint16 label map -> HxWx3 uint8 BGR (C-contiguous, ready for cv2.imencode) through the RGB palette."""
+    if int(labels.max(initial=0)) >= len(palette_rgb):
+        raise ValueError(f"label {int(labels.max())} has no palette entry ({len(palette_rgb)} colours)")
+    labels_t = labels.T if labels.T.flags.c_contiguous else np.ascontiguousarray(labels.T)
+    out = np.empty((*labels.shape, 3), np.uint8)
+    _render_t(labels_t, np.ascontiguousarray(palette_rgb[:, ::-1]), out)
+    return out
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """PNG bytes via cv2 with default params (measured ~2x faster than an explicit compression level)."""
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError(f"cv2 could not PNG-encode an array of shape {img.shape} dtype {img.dtype}")
+    return buf.tobytes()
+
+
+def _is_rgb8_png(data: bytes) -> bool:
+    # IHDR is always the first chunk: bit depth at byte 24, colour type at byte 25 (2 = truecolour, no alpha).
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[24] == 8 and data[25] == 2
+
+
+def sam_target(data: bytes | dict, height: int, width: int) -> tuple[np.ndarray, bytes]:
+    """Decode a ready-made colour mask; NEAREST-resize it to the image if needed. Returns (BGR, RGB PNG bytes).
+
+    The original bytes are kept when they already are an 8-bit RGB PNG of the right size (no re-encode).
+    """
+    if isinstance(data, dict):
+        data = data.get("bytes")
+    if not data:
+        raise BadTarget("sam_mask is empty; the ready-made colour mask file is missing or zero bytes")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        raise BadTarget(f"sam_mask ({len(data)} bytes) cannot be decoded; re-extract the sam_mask PNG")
+    if bgr.shape[:2] != (height, width):
+        # NEAREST_EXACT samples pixel centres (like PIL NEAREST); interpolating would blend instance colours.
+        bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    elif _is_rgb8_png(data):
+        return bgr, bytes(data)
+    return bgr, encode_png(bgr)
+
+
+def _image_size(batch: Batch, i: int) -> tuple[int, int]:
+    bgr = batch["_bgr"][i] if "_bgr" in batch else None
+    if bgr is not None:
+        return int(bgr.shape[0]), int(bgr.shape[1])
+    height, width = batch.get("height", [None] * (i + 1))[i], batch.get("width", [None] * (i + 1))[i]
+    if height is None or width is None:
+        raise ValueError(f"row {batch['key'][i]}: image size unknown; run DecodeImage before SegTarget")
+    return int(height), int(width)
+
+
+class SegTarget:
+    """Step: `seg` PNG per ok row, plus transient `_labels` (painted label map) or `_seg_bgr` (SAM-SGT mask).
+
+    A `sam_mask` wins when present; otherwise `annotations` are painted (area-descending) and coloured.
+    """
+
+    outputs = ("seg", "_labels", "_seg_bgr")
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def setup(self) -> None:
+        """Load (or compile once per machine) the numba kernels before the first real sample."""
+        labels = paint_annotations([{"id": 0, "size": [2, 2], "counts": "0200"}], 2, 2)
+        render_bgr(labels, make_palette(1, "warm-up", self.seed))
+
+    def _row(self, batch: Batch, i: int) -> dict[str, Any]:
+        height, width = _image_size(batch, i)
+        sam = batch["sam_mask"][i] if "sam_mask" in batch else None
+        if sam is not None:
+            bgr, png = sam_target(sam, height, width)
+            return {"seg": png, "_labels": None, "_seg_bgr": bgr}
+        annotations = batch["annotations"][i] if "annotations" in batch else None
+        if annotations is None:
+            raise BadAnnotations(
+                "no masks for this sample: annotations and sam_mask are both missing; "
+                "check the source ships the sa_<id>.json or sam_mask PNG for this image"
+            )
+        labels = paint_annotations(annotations, height, width)
+        palette = make_palette(len(annotations), batch["key"][i], self.seed)
+        return {"seg": encode_png(render_bgr(labels, palette)), "_labels": labels, "_seg_bgr": None}
+
+    def __call__(self, batch: Batch) -> Batch:
+        return map_ok_rows(batch, self._row, self.outputs)
