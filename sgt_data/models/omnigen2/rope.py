@@ -15,7 +15,8 @@ import torch
 
 def axis_frequencies(dim: int, theta: float = 10000.0) -> torch.Tensor:
     """Inverse frequencies of one axis, float64 [dim/2]: theta^(-2i/dim)."""
-    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64)[: dim // 2] / dim))
+    # explicit CPU: the model may be constructed under `torch.device("meta")` before its weights load
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device="cpu")[: dim // 2] / dim))
 
 
 def sample_position_ids(
