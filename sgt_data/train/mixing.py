@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Draw:
     """One sample of a step: task, row index in the task's dataset, and the seed of its random choices."""
 
