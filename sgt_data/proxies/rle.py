@@ -122,7 +122,8 @@ def _run_parse(buf: np.ndarray, offsets: np.ndarray, n_pixels: int):
 
 def _describe(code: int, detail: int, raw: bytes, n_pixels: int) -> str:
     if code == _BAD_CHAR:
-        return f"counts has byte {raw[detail]!r} at offset {detail}; valid chars are '0'..'o' (ASCII 48-111)"
+        char = bytes(raw[detail : detail + 1])
+        return f"counts has byte {char!r} at offset {detail}; valid chars are '0'..'o' (ASCII 48-111)"
     if code == _TRUNCATED:
         return f"counts ends inside count #{detail} (its last char still has the 'more' bit 0x20 set)"
     if code == _TOO_LONG:
