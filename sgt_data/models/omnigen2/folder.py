@@ -42,7 +42,7 @@ def check_layout(root: str | Path) -> Path:
     missing = [name for name in REQUIRED if not (root / name).is_dir()]
     if missing:
         raise FileNotFoundError(
-            f"{root} is not an OmniGen2 folder: missing {', '.join(missing)}/ (expected the official layout "
+            f"{root} is not an OmniGen2 folder: missing {', '.join(m + '/' for m in missing)} (expected the official layout "
             "with model_index.json, transformer/, vae/, mllm/, processor/, scheduler/)"
         )
     return root
