@@ -55,16 +55,15 @@ def write_fixture_shards(root: Path, n_proxy: int = 14, n_vqa: int = 9) -> tuple
     for index, part in enumerate(np.array_split(np.arange(n_vqa), 2)):
         rows = {c: [] for c in shards.VQA_COLUMNS}
         for i in part:
-            conv = [
-                {"from": "human", "value": "<image>\nWhat colour?"},
-                {"from": "gpt", "value": f"Colour {i}."},
-            ]
+            has_image = bool(i % 3)  # some text-only rows, as in the real mix
+            question = "<image>\nWhat colour?" if has_image else "Name a colour."
+            conv = [{"from": "human", "value": question}, {"from": "gpt", "value": f"Colour {i}."}]
             for c, v in {
                 "key": f"q{i}",
                 "source": "fixture",
                 "category": "General",
                 "origin": "test",
-                "image": _png(rng, "JPEG") if i % 3 else None,
+                "image": _png(rng, "JPEG") if has_image else None,
                 "conversations": conv,
                 "status": "ok",
                 "error": None,

@@ -119,7 +119,13 @@ class StepDataset:
     def __getitem__(self, draw: Draw) -> dict[str, Any]:
         path, group, offset = self.indexes[draw.task].locate(draw.index)
         row = self.reader.read(path, group, offset, task_columns(draw.task))
-        sample = self.processor.prepare(row, draw.task, draw.seed)
+        try:
+            sample = self.processor.prepare(row, draw.task, draw.seed)
+        except Exception as err:
+            # A row marked ok that the port cannot use is a data bug: stop, naming the row (no silent skip,
+            # which would break the exact ratio and the rank agreement).
+            where = f"{path} row group {group} row {offset} (key {row.get('key')!r}, task {draw.task})"
+            raise RuntimeError(f"{where}: {err}") from err
         return {"task": draw.task, "index": draw.index, "sample": sample}
 
 

@@ -136,13 +136,11 @@ def _setup(recipe: Recipe, adapter: Any) -> dict[str, Any]:
     }
 
 
-def _record(recipe: Recipe, s: dict[str, Any], step: int, result: Any, seconds: float) -> dict[str, Any]:
+def _record(
+    recipe: Recipe, s: dict[str, Any], step: int, result: Any, lr: float, seconds: float
+) -> dict[str, Any]:
     means = global_means(s["acc"], result)
-    record: dict[str, Any] = {
-        "step": step,
-        "lr": s["scheduler"].get_last_lr()[0],
-        "grad_norm": result.grad_norm,
-    }
+    record: dict[str, Any] = {"step": step, "lr": lr, "grad_norm": result.grad_norm}
     record["loss"] = sum(recipe.loss_weights[n] * v for n, v in means.items())
     record.update({f"loss/{n}": v for n, v in means.items()})
     record.update({f"samples/{t}": n for t, n in s["sampler"].counts.items()})
@@ -209,12 +207,13 @@ def train(recipe: Recipe, adapter: Any = None) -> Path:
                 recipe.optim.clip_grad_norm,
                 s["sharded"],
             )
+            lr = s["scheduler"].get_last_lr()[0]  # the lr this step used
             s["scheduler"].step()
             if s["ema"] is not None:
                 s["ema"].update()
             done = step + 1
             if done % t.log_every == 0 or done == t.max_steps:
-                metrics.log(_record(recipe, s, done, result, time.perf_counter() - began))
+                metrics.log(_record(recipe, s, done, result, lr, time.perf_counter() - began))
             metrics.advance()
             if done == t.max_steps or (t.save_every and done % t.save_every == 0):
                 ckpt.save(acc, out, done, s["ema"], extra, t.keep_last)
