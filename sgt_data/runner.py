@@ -24,6 +24,9 @@ from sgt_data import shards
 
 Batch = dict[str, list]
 
+# Below this much input, starting Ray (5-12 s on a small machine) costs more than the work: run in-process.
+LOCAL_MAX_BYTES = 64 << 20
+
 
 @dataclass
 class ShardTask:
@@ -32,6 +35,7 @@ class ShardTask:
     index: int
     inputs: Any
     rows_hint: int = 0
+    bytes_hint: int = 0
 
 
 @dataclass
@@ -43,6 +47,7 @@ class RunOptions:
     progress: bool = True
     chunk_size: int = 16
     actor_concurrency: int | None = None
+    executor: str = "auto"
 
 
 @dataclass
@@ -61,6 +66,13 @@ def add_runner_arguments(parser) -> None:
     g.add_argument("--overwrite", action="store_true", help="redo every shard, even completed ones")
     g.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument(
+        "--executor",
+        choices=("auto", "ray", "local"),
+        default="auto",
+        help="ray: shards in parallel on Ray; local: in this process; auto (default): local for jobs under "
+        f"{LOCAL_MAX_BYTES >> 20} MB of input when no cluster is given (Ray's start-up would dominate), else ray",
+    )
 
 
 def options_from_args(args) -> RunOptions:
@@ -70,6 +82,7 @@ def options_from_args(args) -> RunOptions:
         overwrite=getattr(args, "overwrite", False),
         verbose=getattr(args, "verbose", False),
         progress=getattr(args, "progress", True),
+        executor=getattr(args, "executor", "auto"),
     )
 
 
@@ -178,6 +191,20 @@ def init_ray(opts: RunOptions) -> bool:
     return True
 
 
+def choose_executor(todo: list[ShardTask], steps: list[Any], opts: RunOptions) -> str:
+    """`local` for small jobs without a cluster and without actor steps; `ray` otherwise (or as asked)."""
+    if opts.executor != "auto":
+        return opts.executor
+    if opts.address or any(is_actor_step(s) for s in steps):
+        return "ray"
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return "ray"
+    small = sum(t.bytes_hint for t in todo) < LOCAL_MAX_BYTES and all(t.bytes_hint > 0 for t in todo)
+    return "local" if small or (opts.num_cpus == 1) else "ray"
+
+
 def _make_actor_pools(steps: list[Any], opts: RunOptions) -> dict[int, list]:
     import ray
 
@@ -217,6 +244,18 @@ def run(
     if not todo:
         return result
     started = time.time()
+    if choose_executor(todo, steps, opts) == "local":
+        bar = _progress(sum(t.rows_hint for t in todo), opts.progress)
+        for task in todo:
+            stats = process_shard(task, reader, steps, columns, str(out))
+            result.written.append(task.index)
+            result.rows += stats["rows"]
+            if bar is not None:
+                bar.update(stats["rows"])
+        if bar is not None:
+            bar.close()
+        result.seconds = time.time() - started
+        return result
     own = init_ray(opts)
     import ray
 

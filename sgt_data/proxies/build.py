@@ -132,7 +132,9 @@ def plan_tasks(input_path: Path, spec: ProxiesSpec) -> tuple[list[ShardTask], It
         for path in found:
             rows = pq.ParquetFile(path).metadata.num_rows
             index = int(path.stem.split("-")[1])
-            tasks.append(ShardTask(index=index, inputs=str(path), rows_hint=rows))
+            tasks.append(
+                ShardTask(index=index, inputs=str(path), rows_hint=rows, bytes_hint=path.stat().st_size)
+            )
             total += rows
         return tasks, functools.partial(read_shard_task, chunk_size=spec.chunk_size), total, "shards"
     from sgt_data.sources.sa1b import discover
@@ -143,11 +145,21 @@ def plan_tasks(input_path: Path, spec: ProxiesSpec) -> tuple[list[ShardTask], It
             f"{input_path}: no SA-1B samples (sa_*.jpg + sa_*.json) and no canonical shards (shard-*.parquet)"
         )
     step = spec.shard_rows
-    tasks = [
-        ShardTask(index=i, inputs=samples[start : start + step], rows_hint=len(samples[start : start + step]))
-        for i, start in enumerate(range(0, len(samples), step))
-    ]
+    tasks = []
+    for i, start in enumerate(range(0, len(samples), step)):
+        part = samples[start : start + step]
+        tasks.append(ShardTask(index=i, inputs=part, rows_hint=len(part), bytes_hint=input_bytes(part)))
     return tasks, functools.partial(read_sa1b_task, chunk_size=spec.chunk_size), len(samples), "sa1b"
+
+
+def input_bytes(samples: list) -> int:
+    """Bytes of a task's input files (tar members know their size; folder files are stat'ed)."""
+    total = 0
+    for s in samples:
+        for ref in (s.image, s.annotations):
+            if ref is not None:
+                total += ref.size if ref.size >= 0 else Path(ref.path).stat().st_size
+    return total
 
 
 def parse_levels(text: str | None) -> tuple[list[str], bool]:
