@@ -61,8 +61,44 @@ def map_ok_rows(batch: Batch, fn: Callable[[Batch, int], dict[str, Any]], output
     return batch
 
 
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT/JPG/DAC)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first SOF segment, walking marker segments; None if not found."""
+    p = 2
+    while p + 9 < len(data):
+        if data[p] != 0xFF:
+            return None
+        marker = data[p + 1]
+        if marker == 0xFF:  # fill byte
+            p += 1
+            continue
+        if marker in _SOF:
+            height, width = (
+                int.from_bytes(data[p + 5 : p + 7], "big"),
+                int.from_bytes(data[p + 7 : p + 9], "big"),
+            )
+            return (width, height) if width and height else None
+        if marker == 0xD8 or 0xD0 <= marker <= 0xD7:  # segments without a length
+            p += 2
+            continue
+        p += 2 + int.from_bytes(data[p + 2 : p + 4], "big")
+    return None
+
+
 def header_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the image header only; nothing is decompressed."""
+    """(width, height) from the image header only; nothing is decompressed.
+
+    JPEG and PNG are read directly (so `max_pixels` alone decides, not PIL's own bomb limit); other formats
+    go through PIL's lazy open.
+    """
+    if data.startswith(_PNG_SIG) and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data.startswith(_JPEG_SOI):
+        size = _jpeg_size(data)
+        if size is not None:
+            return size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
