@@ -1,0 +1,139 @@
+"""`sgt-data build llava-ov`: a seeded LLaVA-OneVision subsample -> VQA canonical shards, reading only what it keeps.
+
+1. Plan (driver): list the repo (or `--source` folder), fail on configs that do not exist, read only the footers
+   of the requested configs, draw each config's sample (llava_ov_plan), split it into shard tasks. The plan is
+   saved in `<output>/plan/` so a rerun resumes the same sample without listing or reading footers again.
+2. Fetch + write (runner, one Ray task per shard): fetch only the column chunks of the row groups holding
+   sampled rows, keep image bytes as they are, check each row (bad rows become status rows), write the shard.
+3. Report: per-config counts by status, bytes fetched vs kept; the manifest records every kept row's
+   (config, file, row group, row).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from sgt_data import shards
+from sgt_data.sources.llava_ov_io import FileRef, LocalSource, read_row_group
+from sgt_data.sources.llava_ov_rows import READ_COLUMNS, CheckVqa, chunk_from_table, payload_bytes
+
+
+def add_arguments(parser) -> None:
+    from sgt_data.hub import add_hub_arguments
+    from sgt_data.runner import add_runner_arguments
+
+    parser.add_argument("--output", "-o", required=True, help="output folder (shards, manifest, plan/)")
+    parser.add_argument(
+        "--pipeline", default="llava_ov", help="pipeline spec name or YAML path (default: llava_ov)"
+    )
+    parser.add_argument("--source", help="local copy of the dataset (<config>/*.parquet) instead of the Hub")
+    parser.add_argument("--repo-id", help="dataset repo (default: the spec's repo_id)")
+    parser.add_argument("--revision", help="branch, tag or commit (default: the spec's; pinned to a sha)")
+    parser.add_argument("--total", type=int, help="rescale the table to N rows in total, keeping its ratios")
+    parser.add_argument("--seed", type=int, help="sampling seed (default: the spec's)")
+    parser.add_argument(
+        "--fix-missing",
+        action="store_true",
+        help="swap configs listed under `replacements` for their replacements",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="CONFIG",
+        help="drop a config (repeatable; recorded)",
+    )
+    parser.add_argument(
+        "--allow-short", action="store_true", help="take every row of configs smaller than their quota"
+    )
+    parser.add_argument(
+        "--fetch-budget", type=float, help="bytes fetched per byte kept to aim at (default: the spec's)"
+    )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="exact simple random sample (no fetch budget; may fetch far more)",
+    )
+    parser.add_argument("--plan-only", action="store_true", help="plan, print the summary, fetch nothing")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], help="spec overrides key=value (e.g. rows_per_shard=500)"
+    )
+    add_hub_arguments(parser)
+    add_runner_arguments(parser)
+
+
+class ShardReader:
+    """Runner reader: one chunk per row group of a shard task; records the bytes it fetched (picklable)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, task) -> Iterator[dict[str, list]]:
+        from sgt_data.sources.llava_ov_cache import load_footer, write_fetch_record
+
+        inp = task.inputs
+        before, kept = self.source.counter.bytes, 0
+        for path, row_group, rows in inp["pieces"]:
+            ref = FileRef(inp["config"], path, inp["sizes"][path])
+            footer = load_footer(inp["plan_dir"], path)
+            table = read_row_group(self.source, ref, footer, row_group, READ_COLUMNS)
+            chunk = chunk_from_table(table, rows, inp["config"], inp["category"], path, row_group)
+            kept += payload_bytes(chunk)
+            yield chunk
+        for path in sorted({p for p, _, _ in inp["pieces"]}):
+            getattr(self.source, "forget", lambda _ref: None)(
+                FileRef(inp["config"], path, inp["sizes"][path])
+            )
+        write_fetch_record(inp["plan_dir"], task.index, self.source.counter.bytes - before, kept)
+
+
+def make_source(args, spec):
+    """`--source PATH` or the Hub at the resolved endpoint (explicit, never a module default)."""
+    if args.source:
+        return LocalSource(args.source)
+    from sgt_data import hub
+    from sgt_data.sources.llava_ov_io import HubSource
+
+    endpoint = hub.resolve_endpoint(args.endpoint, args.mirror)
+    return HubSource(
+        args.repo_id or spec.repo_id, args.revision or spec.revision, endpoint, hub.get_token(args.token_env)
+    )
+
+
+def run(args) -> int:
+    from sgt_data import runner
+    from sgt_data.config import ConfigError
+    from sgt_data.sources import llava_ov_cache as cache
+    from sgt_data.sources.llava_ov_plan import PlanError
+    from sgt_data.sources.llava_ov_report import format_plan, format_report, manifest_fields
+    from sgt_data.specs import resolve
+
+    out = Path(args.output)
+    try:
+        spec_path = resolve("pipelines", args.pipeline)
+        spec, request = cache.load_request(spec_path, args)
+        source = make_source(args, spec)
+        plan = cache.load_or_make_plan(out, source, spec, request, overwrite=args.overwrite)
+    except (ConfigError, PlanError, FileNotFoundError, ValueError) as err:
+        print(f"sgt-data build llava-ov: {_redact(err, args)}", file=sys.stderr)
+        return 2
+    print(format_plan(plan), file=sys.stderr)
+    if args.plan_only:
+        return 0
+    source = cache.source_for_plan(source, plan)
+    tasks = cache.shard_tasks(plan, out)
+    result = runner.run(
+        tasks, ShardReader(source), [CheckVqa()], shards.VQA_COLUMNS, out, runner.options_from_args(args)
+    )
+    fields = manifest_fields(out, plan, spec_path)
+    manifest = shards.write_manifest(out, **fields)
+    print(format_report(manifest, result), file=sys.stderr)
+    return 0
+
+
+def _redact(err: Exception, args) -> str:
+    from sgt_data.hub import get_token, redact
+
+    return redact(err, get_token(getattr(args, "token_env", "HF_TOKEN")))
