@@ -6,9 +6,10 @@ wrong shapes, bad base64 samples, a PUT whose bytes do not hash to its oid, an N
 never uploaded, an unknown repo or revision, or a missing token all get a clear 4xx, and every request is logged so
 tests can assert what was (not) sent. Unknown routes are 404 and recorded in `unknown_routes`.
 
-Knobs: `drop_puts` (drop the next N LFS PUTs mid-body, closing the socket without a response), `block_puts`
-(hold the next N PUTs mid-body until `release` is set, bounded by `block_timeout`), `tree_page_size` (tree listing
-pagination via a `Link` header).
+Knobs: `put_faults`, consumed one per LFS PUT: "pass", "drop" (read half the body, then close the socket without
+an answer) or "block" (read half, set `blocked`, hold until `release` is set, bounded by `block_timeout`, then
+drop); `fail_routes` ({route name: n}: answer the next n requests of that route with 503); `tree_page_size`
+(tree listing pagination via a `Link` header).
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ class FakeHub(ThreadingHTTPServer):
         self.log: list[tuple[str, str]] = []
         self.puts: list[str] = []  # oids whose PUT completed
         self.unknown_routes: list[str] = []
-        self.drop_puts = 0
-        self.block_puts = 0
+        self.put_faults: list[str] = []
+        self.fail_routes: dict[str, int] = {}
         self.block_timeout = 30.0
         self.blocked = threading.Event()
         self.release = threading.Event()
@@ -190,6 +191,7 @@ class Handler(BaseHTTPRequestHandler):
             for pattern, name in ROUTES:
                 m = re.fullmatch(pattern, url.path)
                 if m and hasattr(self, f"{name}_{method.lower()}"):
+                    self._maybe_fail(name)
                     getattr(self, f"{name}_{method.lower()}")(*m.groups(), query=parse_qs(url.query))
                     return
             self.server.unknown_routes.append(f"{method} {url.path}")
@@ -199,6 +201,14 @@ class Handler(BaseHTTPRequestHandler):
             if err.code:
                 headers["X-Error-Code"] = err.code
             self._reply({"error": err.message, **err.extra}, err.status, headers)
+
+    def _maybe_fail(self, name: str) -> None:
+        with self.server.lock:
+            left = self.server.fail_routes.get(name, 0)
+            self.server.fail_routes[name] = max(left - 1, 0)
+        if left > 0:
+            self._body()  # drain the request so the connection stays usable
+            raise HubError(503, f"{name} temporarily unavailable (injected)")
 
     def do_GET(self):
         self._dispatch("GET")
@@ -313,17 +323,14 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200)
 
     def _interrupt(self, length: int) -> bool:
-        """Knobs: read half the body, then drop the connection (or hold it until released). True if dropped."""
+        """Apply the next `put_faults` entry: read half the body, then drop (or hold, then drop). True if so."""
         srv = self.server
         with srv.lock:
-            drop = srv.drop_puts > 0
-            block = not drop and srv.block_puts > 0
-            srv.drop_puts -= drop
-            srv.block_puts -= block
-        if not (drop or block):
+            fault = srv.put_faults.pop(0) if srv.put_faults else "pass"
+        if fault == "pass":
             return False
         self.rfile.read(max(length // 2, 1))
-        if block:
+        if fault == "block":
             srv.blocked.set()
             srv.release.wait(srv.block_timeout)
         self.close_connection = True
@@ -438,6 +445,10 @@ class Handler(BaseHTTPRequestHandler):
 
     info_head = info_get
 
+    def harnesses_get(self, query) -> None:
+        """The client's best-effort agent-harness registry lookup: an empty registry."""
+        self._reply({"standardEnvVars": [], "harnesses": {}})
+
 
 def apply_operation(files: dict[str, Entry], line: dict, lfs: dict[str, bytes]) -> None:
     """One NDJSON operation line applied to a file map; anything malformed is a 400."""
@@ -536,6 +547,7 @@ _REPO = r"/(datasets|models|spaces)/([^/]+/[^/]+)"
 ROUTES = [
     (r"/api/repos/create", "create"),
     (r"/api/validate-yaml", "validate_yaml"),
+    (r"/api/agent-harnesses", "harnesses"),
     (r"/api" + _REPO + r"/preupload/([^/]+)", "preupload"),
     (r"/api" + _REPO + r"/commit/([^/]+)", "commit"),
     (r"/api" + _REPO + r"/paths-info/([^/]+)", "paths_info"),
