@@ -124,6 +124,16 @@ def run_steps(batch: Batch, steps: list[Any], actors: dict[int, list] | None = N
     return batch
 
 
+def name_errors(batch: Batch) -> Batch:
+    """Prefix each error with its sample key when the step's message does not name it (errors name the input)."""
+    errors = batch.get("error")
+    if errors:
+        batch["error"] = [
+            e if e is None or key in e else f"{key}: {e}" for key, e in zip(batch["key"], errors, strict=True)
+        ]
+    return batch
+
+
 def process_shard(
     task: ShardTask,
     reader: Callable[[ShardTask], Iterator[Batch]],
@@ -142,7 +152,7 @@ def process_shard(
         if not chunk.get("key"):
             continue
         out = drop_transient(run_steps(chunk, steps, actors, salt=task.index + n))
-        parts.append(out)
+        parts.append(name_errors(out))
     rows: Batch = {c: [v for p in parts for v in p.get(c, [None] * len(p["key"]))] for c in columns}
     if "key" not in rows or not parts:
         rows = {c: [] for c in columns}
@@ -233,6 +243,8 @@ def run(
     """Run every task not yet completed (all with `overwrite`) on Ray; shards are written by the tasks."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".shard-*.tmp-*"):  # half-written by a killed run; never a completed shard
+        stale.unlink(missing_ok=True)
     result = RunResult()
     todo = []
     for task in tasks:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from sgt_data import shards
@@ -163,7 +162,7 @@ def test_sigkill_then_rerun_writes_only_missing_shards(ray_session, sa1b_sample,
         )
         assert (out / "completions" / marker).stat().st_mtime_ns == mtime
     assert shard_bytes(out) == shard_bytes(clean)
-    assert not list(out.glob(".*tmp*")) or all(pq.ParquetFile(p) for p in out.glob(".*tmp*"))
+    assert not list(out.glob(".*tmp*")), "a killed run's temporary files are cleaned up by the rerun"
 
 
 def test_overwrite_redoes_every_shard(ray_session, sa1b_sample, tmp_path):
