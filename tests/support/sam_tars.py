@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import warnings
 from pathlib import Path
 
 
@@ -27,7 +28,10 @@ def colour_mask(annotation_json: Path) -> bytes:
     rng = np.random.default_rng(int(doc["image"]["image_id"]))
     for ann in sorted(doc["annotations"], key=lambda a: -a["area"]):
         seg = ann["segmentation"]
-        m = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)
+        with warnings.catch_warnings():  # pycocotools vs numpy 2 copy-keyword deprecation, harmless
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = mask_utils.decode([{"size": seg["size"], "counts": seg["counts"].encode()}])[:, :, 0]
+        m = m.astype(bool)
         rgb[m] = rng.integers(1, 256, 3)
     ok, png = cv2.imencode(".png", rgb)
     assert ok
