@@ -19,7 +19,6 @@ from sgt_data.proxies.prompts import key_seed
 from sgt_data.proxies.rle import paint_annotations
 
 MIN_BRIGHTNESS = 48  # a label colour's brightest channel is at least this, so it never reads as unlabelled
-_TILE = 64  # square tiles keep both the column-major reads and the row-major writes inside cache
 
 
 def make_palette(n_labels: int, key: str, seed: int = 0) -> np.ndarray:
@@ -40,28 +39,23 @@ def make_palette(n_labels: int, key: str, seed: int = 0) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _render_t(labels_t, lut, out):  # pragma: no cover - compiled
-    """out[y, x] = lut[labels_t[x, y]]: LUT render fused with the column- to row-major transpose."""
-    width, height = labels_t.shape
-    for y0 in range(0, height, _TILE):
-        y1 = min(y0 + _TILE, height)
-        for x0 in range(0, width, _TILE):
-            x1 = min(x0 + _TILE, width)
-            for y in range(y0, y1):
-                for x in range(x0, x1):
-                    label = labels_t[x, y]
-                    out[y, x, 0] = lut[label, 0]
-                    out[y, x, 1] = lut[label, 1]
-                    out[y, x, 2] = lut[label, 2]
+def _render(labels, lut, out):  # pragma: no cover - compiled
+    """out[y, x] = lut[labels[y, x]] for a C-contiguous label map."""
+    height, width = labels.shape
+    for y in range(height):
+        for x in range(width):
+            label = labels[y, x]
+            out[y, x, 0] = lut[label, 0]
+            out[y, x, 1] = lut[label, 1]
+            out[y, x, 2] = lut[label, 2]
 
 
 def render_bgr(labels: np.ndarray, palette_rgb: np.ndarray) -> np.ndarray:
     """HxW uint16 label map -> HxWx3 uint8 BGR (C-contiguous, ready for cv2.imencode) through the RGB palette."""
     if int(labels.max(initial=0)) >= len(palette_rgb):
         raise ValueError(f"label {int(labels.max())} has no palette entry ({len(palette_rgb)} colours)")
-    labels_t = labels.T if labels.T.flags.c_contiguous else np.ascontiguousarray(labels.T)
     out = np.empty((*labels.shape, 3), np.uint8)
-    _render_t(labels_t, np.ascontiguousarray(palette_rgb[:, ::-1]), out)
+    _render(np.ascontiguousarray(labels, np.uint16), np.ascontiguousarray(palette_rgb[:, ::-1]), out)
     return out
 
 
