@@ -229,18 +229,37 @@ def run(args) -> int:
     token = hub.get_token(args.token_env)
     try:
         return _push(args, token)
-    except (PushError, ValueError, OSError) as exc:
+    except PushError as exc:
         return _fail(str(exc), token)
-    except Exception as exc:  # noqa: BLE001 - Hub errors: say what failed, never with the token
-        return _fail(
-            f"{type(exc).__name__}: {exc}\nRerun the same command to resume; finished files are skipped.",
-            token,
+    except Exception as exc:  # noqa: BLE001 - Hub and disk errors: say what failed and what to do, no token
+        return _fail(explain(exc, args), token)
+
+
+def explain(exc: BaseException, args) -> str:
+    """An error message with the fix: token problems, a missing repo, or a link that kept failing."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403):
+        return (
+            f"the Hub refused the token (HTTP {status}) for {args.repo_id}: set {args.token_env} to a token with "
+            f"write access to that namespace, or run `hf auth login`\n{exc}"
         )
+    if status == 404:
+        return f"{args.repo_id} or its main branch was not found (HTTP 404); check --repo-id and the token\n{exc}"
+    if is_retryable(exc):
+        return (
+            f"{type(exc).__name__}: {exc}\ngave up after {args.retries} attempts; rerun the same command to "
+            "resume: files already on the Hub are skipped"
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _push(args, token: str | None) -> int:
     from sgt_data.validate import validate
 
+    if args.mirror:
+        raise PushError(
+            "--mirror: hf-mirror.com is download-only; push to the Hub or to a server given by --endpoint"
+        )
     endpoint = hub.resolve_endpoint(args.endpoint, args.mirror)
     folder = Path(args.folder)
     report = validate(folder)

@@ -192,3 +192,20 @@ def test_scrub_only_touches_the_token(capsys):
 
 def test_git_blob_oid_matches_git():
     assert push.git_blob_oid(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_run_refuses_mirror_and_missing_token(built: Path, monkeypatch, capsys):
+    import argparse
+
+    from sgt_data import hub
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(hub, "get_token", lambda env: None)
+    parser = argparse.ArgumentParser()
+    push.add_arguments(parser)
+    args = parser.parse_args([str(built), "--repo-id", "o/n", "--mirror"])
+    assert push.run(args) == 1
+    assert "download-only" in capsys.readouterr().err
+    args = parser.parse_args([str(built), "--repo-id", "o/n", "--endpoint", "http://127.0.0.1:9"])
+    assert push.run(args) == 1
+    assert "no Hub token: set HF_TOKEN" in capsys.readouterr().err

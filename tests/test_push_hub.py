@@ -1,0 +1,230 @@
+"""End-to-end `sgt-data push` against the strict fake Hub (tests/fake_hub.py), through the real CLI and client.
+
+Each push runs as a subprocess of `.venv/bin/sgt-data` so `HF_ENDPOINT` / `HF_HUB_DISABLE_XET` are set before the
+first Hub import, exactly as for a user; reading back uses `datasets.load_dataset` in a subprocess for the same
+reason. Every request loop is bounded by the CLI's retry limits and by subprocess timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fake_hub import FakeHub
+from test_validate import make_folder
+
+from sgt_data import shards
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = REPO / ".venv" / "bin" / "sgt-data"
+TOKEN = "hf_PushTestTokenMustNeverLeak42abc"
+REPO_ID = "sgt-org/proxies"
+
+LOAD = """
+import json, sys, datasets, pyarrow.parquet as pq
+repo, config, out = sys.argv[1:4]
+ds = datasets.load_dataset(repo, config, split="train")
+for name, feature in ds.features.items():
+    if isinstance(feature, datasets.Image):
+        ds = ds.cast_column(name, datasets.Image(decode=False))
+pq.write_table(ds.with_format("arrow")[:], out)
+print(json.dumps({n: type(f).__name__ for n, f in ds.features.items()}))
+"""
+
+
+def _env(tmp: Path, hub: FakeHub, token: str = TOKEN) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_TOKEN=token, HF_HOME=str(tmp / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
+    return env
+
+
+def run_push(folder: Path, hub: FakeHub, *extra: str, token: str = TOKEN) -> subprocess.CompletedProcess:
+    argv = [
+        str(CLI),
+        "push",
+        str(folder),
+        "--repo-id",
+        REPO_ID,
+        "--endpoint",
+        hub.url,
+        "--retry-wait",
+        "0.05",
+    ]
+    return subprocess.run(
+        argv + list(extra), env=_env(folder.parent, hub, token), capture_output=True, text=True, timeout=180
+    )
+
+
+def load_back(tmp: Path, hub: FakeHub, config: str) -> tuple[pa.Table, dict]:
+    out = tmp / f"loaded-{config}.parquet"
+    env = dict(_env(tmp, hub), HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD, REPO_ID, config, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return pq.read_table(out), json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def local_table(folder: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in shards.list_shards(folder)])
+
+
+def remote_files(hub: FakeHub) -> dict:
+    return hub.repos[("dataset", REPO_ID)].commits[-1][2]
+
+
+def lfs_oids(folder: Path) -> dict[str, str]:
+    from sgt_data.push import sha256_file
+
+    return {p.name: sha256_file(p) for p in shards.list_shards(folder)}
+
+
+@pytest.fixture
+def hub():
+    with FakeHub(token=TOKEN) as server:
+        yield server
+    assert not server.unknown_routes, server.unknown_routes
+
+
+def test_round_trip_and_rerun_skips(tmp_path: Path, hub: FakeHub):
+    folder = make_folder(tmp_path / "built", shard_rows=(5, 4, 3))
+    first = run_push(folder, hub)
+    assert first.returncode == 0, first.stderr
+    files = remote_files(hub)
+    assert sorted(files) == [
+        "README.md",
+        "data/shard-00000.parquet",
+        "data/shard-00001.parquet",
+        "data/shard-00002.parquet",
+        "manifest.json",
+    ]
+    assert all(files[f"data/{name}"].sha256 == oid for name, oid in lfs_oids(folder).items())
+    assert hub.repos[("dataset", REPO_ID)].private
+    assert json.loads(files["manifest.json"].content) == shards.read_manifest(folder)
+
+    table, features = load_back(tmp_path, hub, "all")
+    assert table.to_pylist() == local_table(folder).to_pylist()
+    assert features["image"] == "Image" and features["seg"] == "Image"
+    seg, _ = load_back(tmp_path, hub, "seg")
+    local = local_table(folder).filter(pa.compute.equal(local_table(folder)["status"], "ok"))
+    assert seg.column_names == [
+        "key",
+        "source",
+        "image",
+        "width",
+        "height",
+        "seg",
+        "prompt_seg",
+        "status",
+        "error",
+    ]
+    assert seg.to_pylist() == local.select(seg.column_names).to_pylist()
+
+    puts, commits = len(hub.puts), len(hub.repos[("dataset", REPO_ID)].commits)
+    again = run_push(folder, hub)
+    assert again.returncode == 0, again.stderr
+    assert len(hub.puts) == puts and len(hub.repos[("dataset", REPO_ID)].commits) == commits
+    assert "0 sent, 3 already on the Hub" in again.stdout
+
+
+def test_commits_in_chunks(tmp_path: Path, hub: FakeHub):
+    folder = make_folder(tmp_path / "built", shard_rows=(2, 2, 2, 2, 2))
+    proc = run_push(folder, hub, "--files-per-commit", "2")
+    assert proc.returncode == 0, proc.stderr
+    titles = [title for _, title, _ in hub.repos[("dataset", REPO_ID)].commits[1:]]
+    assert titles == [
+        "Add shard-00000.parquet..shard-00001.parquet (1/3)",
+        "Add shard-00002.parquet..shard-00003.parquet (2/3)",
+        "Add shard-00004.parquet..shard-00004.parquet (3/3)",
+        "Update dataset card and manifest",
+    ]
+
+
+def test_dropped_connection_mid_upload_is_retried(tmp_path: Path, hub: FakeHub):
+    folder = make_folder(tmp_path / "built", shard_rows=(4, 4, 4))
+    hub.put_faults = ["pass", "drop"]
+    proc = run_push(folder, hub, "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(hub.puts) == sorted(lfs_oids(folder).values())  # every object stored exactly once
+    assert sum(1 for method, _ in hub.log if method == "PUT") == 4  # 3 files + 1 resend of the dropped one
+
+
+def test_killed_push_resumes_without_resending(tmp_path: Path, hub: FakeHub):
+    folder = make_folder(tmp_path / "built", shard_rows=(3, 3, 3, 3))
+    oids = lfs_oids(folder)
+    hub.put_faults = ["pass", "pass", "pass", "block"]  # chunk 1 committed; chunk 2: one stored, one cut
+    argv = [str(CLI), "push", str(folder), "--repo-id", REPO_ID, "--endpoint", hub.url]
+    argv += ["--files-per-commit", "2", "--threads", "1"]
+    proc = subprocess.Popen(argv, env=_env(tmp_path, hub), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert hub.blocked.wait(120), "the push never reached the 4th upload"
+    finally:
+        proc.kill()
+        out, err = proc.communicate(timeout=30)
+        hub.release.set()
+    assert TOKEN.encode() not in out + err
+    assert sorted(remote_files(hub)) == ["data/shard-00000.parquet", "data/shard-00001.parquet"]
+    stored_before = list(hub.puts)
+
+    resumed = run_push(folder, hub, "--files-per-commit", "2", "--threads", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    assert hub.puts[len(stored_before) :] == [oids["shard-00003.parquet"]]  # only the cut file is sent again
+    assert "0 sent, 2 already on the Hub" in resumed.stdout
+    assert {f"data/{n}" for n in oids} <= set(remote_files(hub))
+
+
+def test_server_errors_are_retried_with_backoff(tmp_path: Path, hub: FakeHub):
+    folder = make_folder(tmp_path / "built")
+    hub.fail_routes = {"commit": 2, "create": 1, "paths_info": 1}
+    proc = run_push(folder, hub)
+    assert proc.returncode == 0, proc.stderr
+    assert "retry 1/5" in proc.stderr and "retry 2/5" in proc.stderr
+    assert len(hub.repos[("dataset", REPO_ID)].commits) == 3  # initial + shards + card: no duplicate commit
+
+
+def test_partial_build_is_refused_unless_allowed(tmp_path: Path, hub: FakeHub):
+    folder = make_folder(tmp_path / "built")
+    (folder / "completions" / "shard-00001").unlink()
+    refused = run_push(folder, hub)
+    assert refused.returncode == 1 and "--allow-partial" in refused.stderr
+    assert "shard-00001.parquet has no completion marker" in refused.stderr
+    assert ("POST", "/api/repos/create") not in hub.log
+    allowed = run_push(folder, hub, "--allow-partial", "--public")
+    assert allowed.returncode == 0, allowed.stderr
+    files = remote_files(hub)
+    assert "data/shard-00001.parquet" not in files and "data/shard-00000.parquet" in files
+    assert "data/shard-00001.parquet" not in files["README.md"].content.decode()
+    assert not hub.repos[("dataset", REPO_ID)].private
+
+
+def test_token_never_appears_anywhere(tmp_path: Path, hub: FakeHub):
+    folder = make_folder(tmp_path / "built")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["command"] = [*manifest["command"], "--note", TOKEN]  # a user pasted it into a build argument
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    outputs = []
+    wrong = "hf_WrongTokenAlsoSecret9876543210zz"
+    denied = run_push(folder, hub, token=wrong)
+    assert denied.returncode == 1 and "401" in denied.stderr
+    outputs += [denied.stdout, denied.stderr]
+    ok = run_push(folder, hub)
+    assert ok.returncode == 0, ok.stderr
+    outputs += [ok.stdout, ok.stderr]
+    assert "token appeared in the card/manifest and was removed" in ok.stderr
+    stored = [e.content for e in remote_files(hub).values() if e.content is not None] + list(hub.lfs.values())
+    local = [p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"]
+    for secret in (TOKEN, wrong):
+        assert all(secret not in text for text in outputs)
+        assert all(secret.encode() not in blob for blob in stored + local)
