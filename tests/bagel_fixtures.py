@@ -11,8 +11,12 @@ import pytest
 
 def parity_root() -> Path | None:
     here = Path(__file__).resolve().parent.parent
-    for cand in (os.environ.get("SGT_PARITY_DIR"), here / "shared" / "parity", here.parent / "shared" / "parity",
-                 "/work/shared/parity"):
+    for cand in (
+        os.environ.get("SGT_PARITY_DIR"),
+        here / "shared" / "parity",
+        here.parent / "shared" / "parity",
+        "/work/shared/parity",
+    ):
         if cand and (Path(cand) / "bagel" / "model.safetensors").is_file():
             return Path(cand)
     return None
@@ -28,8 +32,11 @@ def require_parity() -> Path:
 def load_case(folder: Path):
     from safetensors.torch import load_file
 
-    return (json.loads((folder / "inputs.json").read_text()), load_file(str(folder / "inputs.safetensors")),
-            load_file(str(folder / "expected.safetensors")))
+    return (
+        json.loads((folder / "inputs.json").read_text()),
+        load_file(str(folder / "inputs.safetensors")),
+        load_file(str(folder / "expected.safetensors")),
+    )
 
 
 def raw_samples(meta: dict, inputs: dict) -> list[dict]:
@@ -42,8 +49,14 @@ def raw_samples(meta: dict, inputs: dict) -> list[dict]:
         for item in plan:
             if item["type"] == "vae_image" and item["loss"]:
                 item["timestep_logit"] = logits.pop(0)
-        out.append({"key": name, "sequence_plan": plan, "text_ids_list": raw["text_ids_list"],
-                    "images": [inputs[k] for k in raw["images"]]})
+        out.append(
+            {
+                "key": name,
+                "sequence_plan": plan,
+                "text_ids_list": raw["text_ids_list"],
+                "images": [inputs[k] for k in raw["images"]],
+            }
+        )
     return out
 
 
@@ -56,7 +69,9 @@ def parity_model(root: Path, **overrides):
 
     folder = root / "bagel"
     meta = json.loads((folder / "inputs.json").read_text())
-    cfg = BagelConfig.from_folder(folder, max_latent_size=meta["bagel_config"]["max_latent_size"], **overrides)
+    cfg = BagelConfig.from_folder(
+        folder, max_latent_size=meta["bagel_config"]["max_latent_size"], **overrides
+    )
     model = load_weights(build_empty(cfg), folder / "model.safetensors", dtype=torch.float32)
     model.special = {"bos": 1000, "eos": 1001, "vision_start": 1002, "vision_end": 1003}
     return model
@@ -66,8 +81,12 @@ def pack_config(meta: dict):
     from sgt_data.models.bagel.packing import PackConfig
 
     dc = meta["data_config"]
-    return PackConfig(vit_patch_size=dc["vit_patch_size"], max_num_patch_per_side=dc["max_num_patch_per_side"],
-                      vae_image_downsample=dc["vae_image_downsample"], max_latent_size=dc["max_latent_size"])
+    return PackConfig(
+        vit_patch_size=dc["vit_patch_size"],
+        max_num_patch_per_side=dc["max_num_patch_per_side"],
+        vae_image_downsample=dc["vae_image_downsample"],
+        max_latent_size=dc["max_latent_size"],
+    )
 
 
 def special_tokens(meta: dict):

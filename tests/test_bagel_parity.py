@@ -46,8 +46,12 @@ def test_packer_rebuilds_reference_batch(root, case):
     assert b["split_lens"] == meta["split_lens"][:-n_pad]
     assert b["attn_modes"] == meta["attn_modes"][:-n_pad]
     assert [list(s) for s in b["patchified_vae_latent_shapes"]] == meta["patchified_vae_latent_shapes"]
-    names = [k for k in inp if not k.startswith(("raw.", "dense_mask", "flex_mask"))
-             and k not in ("noise", "posterior_eps", "padded_latent")]
+    names = [
+        k
+        for k in inp
+        if not k.startswith(("raw.", "dense_mask", "flex_mask"))
+        and k not in ("noise", "posterior_eps", "padded_latent")
+    ]
     for name in names:
         assert b[name].dtype == inp[name].dtype, name
         assert torch.equal(b[name], inp[name]), name
@@ -76,8 +80,15 @@ def test_forward_losses_and_gradients(root, model, case):
     b.update(noise=inp["noise"], padded_latent=inp["padded_latent"], timestep_shift=meta["timestep_shift"])
     model.zero_grad(set_to_none=True)
     out = model(b, return_intermediates=True)
-    for name in ("vit_output", "connector_output", "timestep_embeds", "llm_input_sequence", "last_hidden_state",
-                 "ce_logits", "mse_preds"):
+    for name in (
+        "vit_output",
+        "connector_output",
+        "timestep_embeds",
+        "llm_input_sequence",
+        "last_hidden_state",
+        "ce_logits",
+        "mse_preds",
+    ):
         torch.testing.assert_close(out[name], exp[name], **TOL, msg=name)
     torch.testing.assert_close(out["ce"], exp["ce_per_token"], **TOL)
     torch.testing.assert_close(out["mse"], exp["mse_per_element"], **TOL)

@@ -29,8 +29,9 @@ def test_encode_decode_match_reference(vae_case, config):
     mean, logvar = vae.moments(inp["image"])
     torch.testing.assert_close(mean, exp["mean"], **TOL)
     torch.testing.assert_close(logvar, exp["logvar"], **TOL)
-    torch.testing.assert_close(vae.latents_from_moments(mean, logvar, eps=inp["posterior_eps"]),
-                               exp["latent_sample"], **TOL)
+    torch.testing.assert_close(
+        vae.latents_from_moments(mean, logvar, eps=inp["posterior_eps"]), exp["latent_sample"], **TOL
+    )
     torch.testing.assert_close(vae.encode(inp["image"], sample=False), exp["latent_mode"], **TOL)
     torch.testing.assert_close(vae.decode(exp["latent_sample"]), exp["decoded_sample"], **TOL)
     torch.testing.assert_close(vae.decode(exp["latent_mode"]), exp["decoded_mode"], **TOL)
@@ -49,8 +50,16 @@ def test_derived_config_matches_shipped(vae_case):
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     derived = flux_config_from_state(shapes)
     shipped = json.loads((root / "config.json").read_text())
-    for key in ("block_out_channels", "layers_per_block", "latent_channels", "use_quant_conv",
-                "use_post_quant_conv", "scaling_factor", "shift_factor", "down_block_types"):
+    for key in (
+        "block_out_channels",
+        "layers_per_block",
+        "latent_channels",
+        "use_quant_conv",
+        "use_post_quant_conv",
+        "scaling_factor",
+        "shift_factor",
+        "down_block_types",
+    ):
         assert derived[key] == shipped[key], key
 
 

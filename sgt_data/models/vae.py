@@ -85,7 +85,12 @@ class FluxVAE:
         return dist.mean.float(), dist.logvar.float()
 
     def latents_from_moments(
-        self, mean: torch.Tensor, logvar: torch.Tensor, *, sample: bool = True, eps: torch.Tensor | None = None,
+        self,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        *,
+        sample: bool = True,
+        eps: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """scale * (z - shift) with z the posterior sample (BAGEL trains on samples) or its mean."""
@@ -109,7 +114,10 @@ class FluxVAE:
 
 
 def load_flux_vae(
-    ae_path: str | Path, *, config_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
+    ae_path: str | Path,
+    *,
+    config_dir: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> FluxVAE:
     """Load a BFL-format `ae.safetensors` offline. `config_dir` (a folder with a diffusers config.json) is
@@ -131,14 +139,23 @@ def load_flux_vae(
         with safe_open(str(ae_path), "pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         config = flux_config_from_state(shapes)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "config.json").write_text(json.dumps(config))
-        model = AutoencoderKL.from_single_file(
-            str(ae_path), config=tmp, torch_dtype=dtype, local_files_only=True
-        )
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # it warns about fp32-pinned modules that FLUX's AE does not have
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "config.json").write_text(json.dumps(config))
+            model = AutoencoderKL.from_single_file(
+                str(ae_path), config=tmp, torch_dtype=dtype, local_files_only=True
+            )
+    finally:
+        dlog.set_verbosity(level)
     model.requires_grad_(False).eval()
     torch.nn.Module.to(model, device)
-    return FluxVAE(model, float(config.get("scaling_factor", FLUX_SCALE)), float(config.get("shift_factor", FLUX_SHIFT)))
+    return FluxVAE(
+        model, float(config.get("scaling_factor", FLUX_SCALE)), float(config.get("shift_factor", FLUX_SHIFT))
+    )
 
 
 def diffusers_to_bfl(state: dict[str, torch.Tensor], num_levels: int) -> dict[str, torch.Tensor]:
@@ -172,8 +189,14 @@ def diffusers_to_bfl(state: dict[str, torch.Tensor], num_levels: int) -> dict[st
     return out
 
 
-def write_random_flux_ae(dest: str | Path, *, block_out_channels=(32, 32, 32, 32), layers_per_block: int = 1,
-                         latent_channels: int = 16, seed: int = 0) -> Path:
+def write_random_flux_ae(
+    dest: str | Path,
+    *,
+    block_out_channels=(32, 32, 32, 32),
+    layers_per_block: int = 1,
+    latent_channels: int = 16,
+    seed: int = 0,
+) -> Path:
     """Write a random FLUX-architecture AE as BFL-named `ae.safetensors` (x8 for 4 levels) for tests."""
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
@@ -181,11 +204,19 @@ def write_random_flux_ae(dest: str | Path, *, block_out_channels=(32, 32, 32, 32
     n = len(block_out_channels)
     torch.manual_seed(seed)
     model = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(block_out_channels),
-        layers_per_block=layers_per_block, latent_channels=latent_channels, norm_num_groups=32,
-        use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True,
-        scaling_factor=FLUX_SCALE, shift_factor=FLUX_SHIFT,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        latent_channels=latent_channels,
+        norm_num_groups=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        mid_block_add_attention=True,
+        scaling_factor=FLUX_SCALE,
+        shift_factor=FLUX_SHIFT,
     )
     dest = Path(dest)
     save_file(diffusers_to_bfl(model.state_dict(), n), str(dest))

@@ -33,8 +33,9 @@ class PackMeta:
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_splits(cls, sample_lens, split_lens, attn_modes, order: torch.Tensor | None = None,
-                    device=None) -> PackMeta:
+    def from_splits(
+        cls, sample_lens, split_lens, attn_modes, order: torch.Tensor | None = None, device=None
+    ) -> PackMeta:
         """Build from the packer's lists (trailing pad entries, if any, beyond sum(sample_lens) are ignored)."""
         total = sum(sample_lens)
         doc = torch.repeat_interleave(torch.arange(len(sample_lens)), torch.tensor(sample_lens))
@@ -101,8 +102,16 @@ class PackMeta:
                 return same_doc & (causal | same_split) & ~hidden
 
             self._cache["block"] = (
-                create_block_mask(mask_mod, None, None, padded, padded, device=dev, BLOCK_SIZE=FLEX_BLOCK,
-                                  _compile=dev.type == "cuda"),
+                create_block_mask(
+                    mask_mod,
+                    None,
+                    None,
+                    padded,
+                    padded,
+                    device=dev,
+                    BLOCK_SIZE=FLEX_BLOCK,
+                    _compile=dev.type == "cuda",
+                ),
                 pad,
             )
         return self._cache["block"]
@@ -120,13 +129,21 @@ def _flex():
     return _compiled_flex
 
 
-def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: PackMeta,
-                     backend: str = "sdpa") -> torch.Tensor:
+def _eager_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention
+
+
+def packed_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: PackMeta, backend: str = "sdpa"
+) -> torch.Tensor:
     """q [L, H, D], k/v [L, Hkv, D] (compute order) -> [L, H, D]. GQA: q head h uses kv head h // (H/Hkv)."""
     if backend == "flex":
         block, pad = meta.block_mask(q.shape[1])
         qt, kt, vt = (F.pad(t, (0, 0, 0, 0, 0, pad)).transpose(0, 1)[None] for t in (q, k, v))
-        out = _flex()(qt, kt, vt, block_mask=block, enable_gqa=True)
+        fn = _flex() if q.is_cuda else _eager_flex()
+        out = fn(qt, kt, vt, block_mask=block, enable_gqa=True)
         return out[0].transpose(0, 1)[: q.shape[0]]
     if backend != "sdpa":
         raise ValueError(f"unknown attention backend {backend!r}: sdpa or flex")
@@ -145,8 +162,11 @@ def _sdpa(q, k, v, mask, is_causal: bool = False):
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-        attn_mask=None if mask is None else mask[None, None], is_causal=is_causal,
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=None if mask is None else mask[None, None],
+        is_causal=is_causal,
     )
     return out[0].transpose(0, 1)
 

@@ -37,7 +37,11 @@ class LLMConfig:
         return cls(**{k: d[k] for k in keys if k in d}, raw=dict(d))
 
     def to_dict(self) -> dict[str, Any]:
-        out = dict(self.raw) or {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu"}
+        out = dict(self.raw) or {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "hidden_act": "silu",
+        }
         out.update({k: v for k, v in asdict(self).items() if k != "raw"})
         out["tie_word_embeddings"] = False
         return out
@@ -103,7 +107,9 @@ class BagelConfig:
         folder = Path(folder)
         for name in ("llm_config.json", "vit_config.json"):
             if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder}: missing {name} (expected the official BAGEL-7B-MoT layout)")
+                raise FileNotFoundError(
+                    f"{folder}: missing {name} (expected the official BAGEL-7B-MoT layout)"
+                )
         llm = LLMConfig.from_dict(json.loads((folder / "llm_config.json").read_text()))
         vit = ViTConfig.from_dict(json.loads((folder / "vit_config.json").read_text()))
         extra = {}
@@ -122,10 +128,17 @@ class BagelConfig:
 
 def tiny_config(vocab_size: int = 512) -> BagelConfig:
     """spec/bagel.md §9.1: ~1M parameters, real structure (GQA, QK-norm, MoT, the -2 ViT layer rule)."""
-    llm = LLMConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2)
-    vit = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                    image_size=224)
+    llm = LLMConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    vit = ViTConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=224
+    )
     return BagelConfig(llm=llm, vit=vit, max_latent_size=16, vit_max_num_patch_per_side=16)
 
 
@@ -133,8 +146,14 @@ def bench_config(name: str) -> BagelConfig:
     """spec/bagel.md §9.2 benchmark shapes: `qwen05b` (Config B) and `7b_2l` (Config A, 7B width x 2 layers)."""
     vit = ViTConfig()
     if name == "qwen05b":
-        llm = LLMConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                        num_attention_heads=14, num_key_value_heads=2)
+        llm = LLMConfig(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+        )
     elif name == "7b_2l":
         llm = LLMConfig(num_hidden_layers=2)
     elif name == "7b":

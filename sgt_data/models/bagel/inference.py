@@ -17,7 +17,9 @@ from .modeling import Bagel, shift_t, unpatchify_latent
 
 class KVCache:
     def __init__(self, num_layers: int, num_kv: int, head_dim: int, device, dtype, capacity: int = 256):
-        self.k = [torch.empty(capacity, num_kv, head_dim, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.k = [
+            torch.empty(capacity, num_kv, head_dim, device=device, dtype=dtype) for _ in range(num_layers)
+        ]
         self.v = [torch.empty_like(t) for t in self.k]
         self.length = 0
 
@@ -29,9 +31,11 @@ class KVCache:
 
     def extend(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, commit: bool):
         """K/V of the context followed by the new tokens; written in place when `commit`."""
-        n, end = k_new.shape[0], self.length + k_new.shape[0]
+        end = self.length + k_new.shape[0]
         if not commit:
-            return torch.cat([self.k[layer][: self.length], k_new]), torch.cat([self.v[layer][: self.length], v_new])
+            return torch.cat([self.k[layer][: self.length], k_new]), torch.cat(
+                [self.v[layer][: self.length], v_new]
+            )
         if end > self.k[layer].shape[0]:
             cap = max(end, 2 * self.k[layer].shape[0])
             for buf in (self.k, self.v):
@@ -59,8 +63,16 @@ class Context:
 
 
 @torch.no_grad()
-def run_split(model: Bagel, ctx: Context, x: torch.Tensor, nu: int, positions: torch.Tensor, *, causal: bool,
-              commit: bool) -> torch.Tensor:
+def run_split(
+    model: Bagel,
+    ctx: Context,
+    x: torch.Tensor,
+    nu: int,
+    positions: torch.Tensor,
+    *,
+    causal: bool,
+    commit: bool,
+) -> torch.Tensor:
     """Forward one new split (und rows first) against the cache; returns final-normed hidden states."""
     lm = model.language_model.model
     cos, sin = lm.rotary_emb(positions, x.dtype)
@@ -81,7 +93,9 @@ def add_text(model: Bagel, ctx: Context, ids: list[int]) -> Context:
     sp = model.special
     toks = torch.tensor([sp["bos"], *ids, sp["eos"]], device=_device(model))
     pos = torch.arange(ctx.rope, ctx.rope + len(toks), device=toks.device)
-    run_split(model, ctx, model.language_model.model.embed_tokens(toks), len(toks), pos, causal=True, commit=True)
+    run_split(
+        model, ctx, model.language_model.model.embed_tokens(toks), len(toks), pos, causal=True, commit=True
+    )
     ctx.rope += len(toks)
     return ctx
 
@@ -97,7 +111,9 @@ def add_vit_image(model: Bagel, ctx: Context, image: torch.Tensor) -> Context:
     patches = patchify(image.float(), p).to(dev, dtype)
     vpos = flat_position_ids(image.shape[1], image.shape[2], p, cfg.vit_max_num_patch_per_side).to(dev)
     vit_emb = model.embed_vit(patches, vpos, [patches.shape[0]])[0]
-    marks = model.language_model.model.embed_tokens(torch.tensor([sp["vision_start"], sp["vision_end"]], device=dev))
+    marks = model.language_model.model.embed_tokens(
+        torch.tensor([sp["vision_start"], sp["vision_end"]], device=dev)
+    )
     # compute order is irrelevant inside a full split: [vs, ve, vit tokens] all und
     x = torch.cat([marks, vit_emb.to(marks.dtype)])
     pos = torch.full((x.shape[0],), ctx.rope, device=dev)
@@ -107,8 +123,16 @@ def add_vit_image(model: Bagel, ctx: Context, image: torch.Tensor) -> Context:
 
 
 @torch.no_grad()
-def generate_text(model: Bagel, ctx: Context, max_new_tokens: int, *, do_sample: bool = False,
-                  temperature: float = 1.0, generator: torch.Generator | None = None, return_logits: bool = False):
+def generate_text(
+    model: Bagel,
+    ctx: Context,
+    max_new_tokens: int,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    return_logits: bool = False,
+):
     """Start from `<|im_start|>` at the next RoPE id; stop at `<|im_end|>` (not returned) or `max_new_tokens`."""
     sp, dev = model.special, _device(model)
     lm = model.language_model
@@ -135,9 +159,13 @@ def _velocity(model: Bagel, ctx: Context, x_t, t: float, h: int, w: int):
     sp, cfg, dev = model.special, model.config, _device(model)
     n = h * w
     tt = torch.full((n,), t, device=dev)
-    lpos = (torch.arange(h, device=dev)[:, None] * cfg.max_latent_size + torch.arange(w, device=dev)).flatten()
+    lpos = (
+        torch.arange(h, device=dev)[:, None] * cfg.max_latent_size + torch.arange(w, device=dev)
+    ).flatten()
     lat = model.embed_latents(x_t.to(model.vae2llm.weight.dtype), tt, lpos)[0]
-    marks = model.language_model.model.embed_tokens(torch.tensor([sp["vision_start"], sp["vision_end"]], device=dev))
+    marks = model.language_model.model.embed_tokens(
+        torch.tensor([sp["vision_start"], sp["vision_end"]], device=dev)
+    )
     x = torch.cat([marks, lat.to(marks.dtype)])
     pos = torch.full((n + 2,), ctx.rope, device=dev)
     hid = run_split(model, ctx, x, 2, pos, causal=False, commit=False)
@@ -153,11 +181,23 @@ def _renorm(v_cond, v_cfg, kind: str, lo: float):
 
 
 @torch.no_grad()
-def generate_latent(model: Bagel, ctx: Context, h: int, w: int, *, text_uncond: Context | None = None,
-                    img_uncond: Context | None = None, steps: int = 50, shift: float = 3.0,
-                    cfg_text_scale: float = 4.0, cfg_img_scale: float = 1.0, cfg_interval=(0.4, 1.0),
-                    cfg_renorm_type: str = "global", cfg_renorm_min: float = 0.0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def generate_latent(
+    model: Bagel,
+    ctx: Context,
+    h: int,
+    w: int,
+    *,
+    text_uncond: Context | None = None,
+    img_uncond: Context | None = None,
+    steps: int = 50,
+    shift: float = 3.0,
+    cfg_text_scale: float = 4.0,
+    cfg_img_scale: float = 1.0,
+    cfg_interval=(0.4, 1.0),
+    cfg_renorm_type: str = "global",
+    cfg_renorm_min: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Euler flow sampling from t=1 (noise) to 0 on an h x w grid of latent tokens -> [h*w, 64] tokens.
 
     CFG: v_txt = v_u_txt + s_txt (v - v_u_txt); v = v_u_img + s_img (v_txt - v_u_img), only where

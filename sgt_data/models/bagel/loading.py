@@ -32,7 +32,9 @@ def weights_file(folder: str | Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"{folder}: no {' or '.join(WEIGHT_FILES)} (expected the official BAGEL-7B-MoT layout)")
+    raise FileNotFoundError(
+        f"{folder}: no {' or '.join(WEIGHT_FILES)} (expected the official BAGEL-7B-MoT layout)"
+    )
 
 
 def infer_max_latent_size(path: Path) -> int | None:
@@ -73,8 +75,14 @@ def init_random(model: Bagel, seed: int = 0, device="cpu", dtype=torch.float32) 
     return model
 
 
-def load_weights(model: Bagel, path: str | Path, *, device="cpu", dtype: torch.dtype | None = torch.bfloat16,
-                 strict: bool = True) -> Bagel:
+def load_weights(
+    model: Bagel,
+    path: str | Path,
+    *,
+    device="cpu",
+    dtype: torch.dtype | None = torch.bfloat16,
+    strict: bool = True,
+) -> Bagel:
     """Stream a safetensors file into a (meta or real) model, strictly by name."""
     from safetensors import safe_open
 
@@ -85,14 +93,18 @@ def load_weights(model: Bagel, path: str | Path, *, device="cpu", dtype: torch.d
         missing = sorted(expected - found - set(RECOMPUTED))
         unexpected = sorted(found - expected)
         if strict and (missing or unexpected):
+
             def show(keys):
                 return ", ".join(keys[:20]) + (f" ... ({len(keys)} in all)" if len(keys) > 20 else "")
+
             parts = []
             if missing:
                 parts.append(f"missing keys: {show(missing)}")
             if unexpected:
                 parts.append(f"unexpected keys: {show(unexpected)}")
-            raise CheckpointKeyError(f"{path}: checkpoint does not match the BAGEL architecture; " + "; ".join(parts))
+            raise CheckpointKeyError(
+                f"{path}: checkpoint does not match the BAGEL architecture; " + "; ".join(parts)
+            )
         shapes = {k: v.shape for k, v in model.state_dict().items()}
         state = {}
         for k in sorted(found & expected):
@@ -100,8 +112,12 @@ def load_weights(model: Bagel, path: str | Path, *, device="cpu", dtype: torch.d
                 continue
             t = f.get_tensor(k)
             if tuple(t.shape) != tuple(shapes[k]):
-                raise CheckpointKeyError(f"{path}: {k} has shape {list(t.shape)}, the config expects {list(shapes[k])}")
-            state[k] = t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
+                raise CheckpointKeyError(
+                    f"{path}: {k} has shape {list(t.shape)}, the config expects {list(shapes[k])}"
+                )
+            state[k] = t.to(
+                device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype
+            )
     for k in RECOMPUTED:
         state[k] = torch.zeros(shapes[k], device=device)
     model.load_state_dict(state, strict=strict, assign=True)
@@ -109,13 +125,22 @@ def load_weights(model: Bagel, path: str | Path, *, device="cpu", dtype: torch.d
     return model
 
 
-def from_pretrained(folder: str | Path, *, device="cpu", dtype: torch.dtype = torch.bfloat16,
-                    load_vae: bool = True, vae_dtype: torch.dtype | None = None, **overrides) -> Bagel:
+def from_pretrained(
+    folder: str | Path,
+    *,
+    device="cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    load_vae: bool = True,
+    vae_dtype: torch.dtype | None = None,
+    **overrides,
+) -> Bagel:
     """Load an official BAGEL folder (llm_config.json, vit_config.json, ema.safetensors, ae.safetensors,
     tokenizer) strictly. `dtype` is the parameter dtype (bf16 for inference, fp32 for training masters)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: BAGEL checkpoint folder does not exist (download BAGEL-7B-MoT first)")
+        raise FileNotFoundError(
+            f"{folder}: BAGEL checkpoint folder does not exist (download BAGEL-7B-MoT first)"
+        )
     wfile = weights_file(folder)
     cfg = BagelConfig.from_folder(folder, **overrides)
     if "max_latent_size" not in overrides and not (folder / "bagel_config.json").is_file():
@@ -125,7 +150,9 @@ def from_pretrained(folder: str | Path, *, device="cpu", dtype: torch.dtype = to
     if load_vae:
         from ..vae import load_flux_vae
 
-        model.attach_vae(load_flux_vae(folder / "ae.safetensors", dtype=vae_dtype or torch.float32, device=device))
+        model.attach_vae(
+            load_flux_vae(folder / "ae.safetensors", dtype=vae_dtype or torch.float32, device=device)
+        )
     model.checkpoint_dir = str(folder)
     return model
 
@@ -142,20 +169,29 @@ def load_special_tokens(folder: str | Path) -> dict[str, int]:
     try:
         tok = load_tokenizer(folder)
     except Exception as e:  # noqa: BLE001 - name the folder and the fix
-        raise FileNotFoundError(f"{folder}: cannot load the Qwen2 tokenizer ({e}); the BAGEL folder must hold it") from e
+        raise FileNotFoundError(
+            f"{folder}: cannot load the Qwen2 tokenizer ({e}); the BAGEL folder must hold it"
+        ) from e
     return vars(SpecialTokens.from_tokenizer(tok))
 
 
-def save_pretrained(model: Bagel, dest: str | Path, *, dtype: torch.dtype = torch.bfloat16,
-                    tokenizer_from: str | Path | None = None) -> Path:
+def save_pretrained(
+    model: Bagel,
+    dest: str | Path,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    tokenizer_from: str | Path | None = None,
+) -> Path:
     """Write the official layout: configs, ema.safetensors (in `dtype`), ae.safetensors, tokenizer files."""
     from safetensors.torch import save_file
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     model.config.save(dest)
-    state = {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     tmp = dest / "ema.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(dest / "ema.safetensors")
@@ -163,7 +199,8 @@ def save_pretrained(model: Bagel, dest: str | Path, *, dtype: torch.dtype = torc
     if src and src.is_dir() and src.resolve() != dest.resolve():
         for f in src.iterdir():
             if f.name in ("ae.safetensors", "vae_config.json") or f.name.startswith(
-                    ("tokenizer", "vocab", "merges", "special_tokens", "added_tokens", "generation_config")):
+                ("tokenizer", "vocab", "merges", "special_tokens", "added_tokens", "generation_config")
+            ):
                 shutil.copy2(f, dest / f.name)
     return dest
 

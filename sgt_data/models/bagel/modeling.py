@@ -128,13 +128,17 @@ class MoTDecoderLayer(nn.Module):
 
     def forward(self, x, nu: int, cos, sin, meta: PackMeta, backend: str):
         """Training / full forward over a pack in compute order (und rows first)."""
-        q, k, v = self.self_attn.qkv(self.input_layernorm(x[:nu]), self.input_layernorm_moe_gen(x[nu:]), cos, sin)
+        q, k, v = self.self_attn.qkv(
+            self.input_layernorm(x[:nu]), self.input_layernorm_moe_gen(x[nu:]), cos, sin
+        )
         x = x + self.self_attn.out(packed_attention(q, k, v, meta, backend), nu)
         return self._mlp(x, nu)
 
     def forward_cached(self, x, nu: int, cos, sin, cache, layer_idx: int, causal: bool, commit: bool):
         """Inference: x is a new split (und rows first) attending the cache; `commit` appends its K/V."""
-        q, k, v = self.self_attn.qkv(self.input_layernorm(x[:nu]), self.input_layernorm_moe_gen(x[nu:]), cos, sin)
+        q, k, v = self.self_attn.qkv(
+            self.input_layernorm(x[:nu]), self.input_layernorm_moe_gen(x[nu:]), cos, sin
+        )
         k_all, v_all = cache.extend(layer_idx, k, v, commit)
         x = x + self.self_attn.out(cached_attention(q, k_all, v_all, causal), nu)
         return self._mlp(x, nu)
@@ -205,10 +209,16 @@ class SiglipVisionNaViT(nn.Module):
 
         AttentionInterface.register(_ATTN_NAME, _vit_attention)
         hf = SiglipVisionConfig(
-            hidden_size=vcfg.hidden_size, intermediate_size=vcfg.intermediate_size,
-            num_hidden_layers=num_layers, num_attention_heads=vcfg.num_attention_heads,
-            patch_size=vcfg.patch_size, image_size=vcfg.image_size, layer_norm_eps=vcfg.layer_norm_eps,
-            hidden_act=vcfg.hidden_act, num_channels=vcfg.num_channels, attention_dropout=0.0,
+            hidden_size=vcfg.hidden_size,
+            intermediate_size=vcfg.intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=vcfg.num_attention_heads,
+            patch_size=vcfg.patch_size,
+            image_size=vcfg.image_size,
+            layer_norm_eps=vcfg.layer_norm_eps,
+            hidden_act=vcfg.hidden_act,
+            num_channels=vcfg.num_channels,
+            attention_dropout=0.0,
         )
         hf._attn_implementation = _ATTN_NAME
         self.embeddings = SiglipEmbeddingsNaViT(vcfg, max_patches_per_side)
@@ -350,7 +360,9 @@ class Bagel(nn.Module):
         self.latent_pos_embed.reset(device)
         self.language_model.model.rotary_emb.reset()
         if device is not None:
-            self.language_model.model.rotary_emb.inv_freq = self.language_model.model.rotary_emb.inv_freq.to(device)
+            self.language_model.model.rotary_emb.inv_freq = self.language_model.model.rotary_emb.inv_freq.to(
+                device
+            )
 
     def attach_vae(self, vae) -> None:
         self._vae = vae
@@ -394,7 +406,10 @@ class Bagel(nn.Module):
                     eps = torch.randn(mean.shape, generator=batch.get("generator"), device=mean.device)
                 z = mean + torch.exp(0.5 * logvar) * eps
             latent = scale * (z - shift)
-        toks = [patchify_latent(lat, h, w, p) for lat, (h, w) in zip(latent, batch["patchified_vae_latent_shapes"])]
+        toks = [
+            patchify_latent(lat, h, w, p)
+            for lat, (h, w) in zip(latent, batch["patchified_vae_latent_shapes"])
+        ]
         return torch.cat(toks)
 
     # -- training forward ----------------------------------------------------------------------------------
@@ -409,7 +424,9 @@ class Bagel(nn.Module):
         und_parts_idx, und_parts = [text_idx], [lm.model.embed_tokens(batch["packed_text_ids"])]
         if batch.get("packed_vit_tokens") is not None:
             vit_emb, vit_out, conn = self.embed_vit(
-                batch["packed_vit_tokens"], batch["packed_vit_position_ids"], list(map(int, batch["vit_token_seqlens"]))
+                batch["packed_vit_tokens"],
+                batch["packed_vit_position_ids"],
+                list(map(int, batch["vit_token_seqlens"])),
             )
             und_parts_idx.append(batch["packed_vit_token_indexes"])
             und_parts.append(vit_emb.to(und_parts[0].dtype))
@@ -427,7 +444,9 @@ class Bagel(nn.Module):
             t = torch.sigmoid(batch["packed_timesteps"].to(x0.device).float())
             t = shift_t(t, float(batch.get("timestep_shift", cfg.timestep_shift)))
             x_t = (1 - t[:, None]) * x0 + t[:, None] * noise
-            lat_emb, temb = self.embed_latents(x_t.to(self.vae2llm.weight.dtype), t, batch["packed_latent_position_ids"])
+            lat_emb, temb = self.embed_latents(
+                x_t.to(self.vae2llm.weight.dtype), t, batch["packed_latent_position_ids"]
+            )
             gen_idx, gen_order = torch.sort(batch["packed_vae_token_indexes"])
             x = torch.cat([x_und, lat_emb.to(x_und.dtype)[gen_order]])
             order = torch.cat([und_idx, gen_idx])
@@ -437,7 +456,9 @@ class Bagel(nn.Module):
             x, order = x_und, und_idx
         nu = x_und.shape[0]
         seq_len = order.shape[0]
-        meta = PackMeta.from_splits(batch["sample_lens"], batch["split_lens"], batch["attn_modes"], order, dev)
+        meta = PackMeta.from_splits(
+            batch["sample_lens"], batch["split_lens"], batch["attn_modes"], order, dev
+        )
         positions = batch["packed_position_ids"].to(dev)[order]
         inv = torch.empty_like(order)
         inv[order] = torch.arange(seq_len, device=order.device)

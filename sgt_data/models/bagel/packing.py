@@ -28,8 +28,12 @@ class SpecialTokens:
     @classmethod
     def from_tokenizer(cls, tok) -> SpecialTokens:
         ids = {}
-        for name, text in (("bos", "<|im_start|>"), ("eos", "<|im_end|>"), ("vision_start", "<|vision_start|>"),
-                           ("vision_end", "<|vision_end|>")):
+        for name, text in (
+            ("bos", "<|im_start|>"),
+            ("eos", "<|im_end|>"),
+            ("vision_start", "<|vision_start|>"),
+            ("vision_end", "<|vision_end|>"),
+        ):
             i = tok.convert_tokens_to_ids(text)
             if i is None or i == tok.unk_token_id:
                 raise ValueError(f"tokenizer has no {text} token (BAGEL needs the Qwen2 special tokens)")
@@ -57,19 +61,42 @@ def patchify(image: torch.Tensor, p: int) -> torch.Tensor:
 def flat_position_ids(h_px: int, w_px: int, patch: int, per_side: int) -> torch.Tensor:
     nh, nw = h_px // patch, w_px // patch
     if nh > per_side or nw > per_side:
-        raise ValueError(f"image {h_px}x{w_px} px needs {nh}x{nw} patches, more than the {per_side} per side "
-                         "the position table holds")
+        raise ValueError(
+            f"image {h_px}x{w_px} px needs {nh}x{nw} patches, more than the {per_side} per side "
+            "the position table holds"
+        )
     return (torch.arange(nh)[:, None] * per_side + torch.arange(nw)).flatten()
 
 
-def pack(samples: list[dict], special: SpecialTokens, cfg: PackConfig, rng: np.random.Generator | None = None) -> dict:
+def pack(
+    samples: list[dict], special: SpecialTokens, cfg: PackConfig, rng: np.random.Generator | None = None
+) -> dict:
     """Pack samples into one batch (reference `pack_sequence` for each sample, then `to_tensor`)."""
-    s: dict = {k: [] for k in (
-        "packed_text_ids", "packed_text_indexes", "packed_position_ids", "packed_vit_tokens",
-        "packed_vit_position_ids", "packed_vit_token_indexes", "vit_token_seqlens", "vae_images",
-        "packed_latent_position_ids", "vae_latent_shapes", "packed_vae_token_indexes", "packed_timesteps",
-        "mse_loss_indexes", "packed_label_ids", "ce_loss_indexes", "ce_loss_weights", "sample_lens",
-        "split_lens", "attn_modes", "vae_image_keys")}
+    s: dict = {
+        k: []
+        for k in (
+            "packed_text_ids",
+            "packed_text_indexes",
+            "packed_position_ids",
+            "packed_vit_tokens",
+            "packed_vit_position_ids",
+            "packed_vit_token_indexes",
+            "vit_token_seqlens",
+            "vae_images",
+            "packed_latent_position_ids",
+            "vae_latent_shapes",
+            "packed_vae_token_indexes",
+            "packed_timesteps",
+            "mse_loss_indexes",
+            "packed_label_ids",
+            "ce_loss_indexes",
+            "ce_loss_weights",
+            "sample_lens",
+            "split_lens",
+            "attn_modes",
+            "vae_image_keys",
+        )
+    }
     curr = 0
     for sample in samples:
         curr = _pack_one(sample, s, curr, special, cfg, rng)
@@ -129,7 +156,8 @@ def _pack_one(sample, s, curr, sp: SpecialTokens, cfg: PackConfig, rng) -> int:
                 s["packed_vit_tokens"].append(toks)
                 s["vit_token_seqlens"].append(n)
                 s["packed_vit_position_ids"].append(
-                    flat_position_ids(hh, ww, cfg.vit_patch_size, cfg.max_num_patch_per_side))
+                    flat_position_ids(hh, ww, cfg.vit_patch_size, cfg.max_num_patch_per_side)
+                )
             else:
                 d = cfg.vae_image_downsample
                 s["vae_images"].append(image)
@@ -222,4 +250,6 @@ def _to_tensor(s: dict, curr: int) -> dict:
 
 def batch_to(batch: dict, device) -> dict:
     """Move every tensor of a packed batch to `device` (lists and ints stay)."""
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
