@@ -129,6 +129,15 @@ def _from_hub(args, spec: SamSpec, out: Path, started: float) -> int:
     return _ingest_tars(args, spec, out, tars, indices, started, source=source, inputs=inputs)
 
 
+def _built_shards(out: Path, indices: list[int]) -> int:
+    """Output shards of tar indices that are complete (skipped before download and scan)."""
+    return sum(
+        len(json.loads(_record_path(out, i).read_text())["shards"])
+        for i in indices
+        if _index_complete(out, i)
+    )
+
+
 def _print_plan(where: str, indices: list[int], todo: list[int], plan) -> None:
     from sgt_data.hub_download import human
 
@@ -244,14 +253,14 @@ def _ingest_tars(args, spec, out, tars, indices, started, source: dict, inputs: 
         f"build sam: {sum(t.rows_hint for t in tasks)} samples in {len(tars)} tar shard(s) -> {len(tasks)} shard(s)"
     )
     reader = functools.partial(read_sam_task, chunk_size=spec.chunk_size, source=spec.source)
-    code = _run_and_record(args, spec, out, tasks, reader, started, rejected, source=source,
-                           input_kind="sam-sgt", inputs=inputs, tar_indices=indices)  # fmt: skip
+    code = _run_and_record(args, spec, out, tasks, reader, started, rejected, kept=_built_shards(out, indices),
+                           source=source, input_kind="sam-sgt", inputs=inputs, tar_indices=indices)  # fmt: skip
     for index, parts in shard_map.items():  # only after the run: the record means "these shards exist"
         shards.write_json_atomic({"shards": parts}, _record_path(out, index))
     return code
 
 
-def _run_and_record(args, spec, out, tasks, reader, started, rejected, **fields) -> int:
+def _run_and_record(args, spec, out, tasks, reader, started, rejected, kept: int = 0, **fields) -> int:
     from sgt_data import runner
 
     opts = options_from_args(args)
@@ -273,7 +282,7 @@ def _run_and_record(args, spec, out, tasks, reader, started, rejected, **fields)
         **fields,
     )
     print(
-        f"build sam: wrote {len(result.written)} shard(s), kept {len(result.skipped)} completed; "
+        f"build sam: wrote {len(result.written)} shard(s), kept {len(result.skipped) + kept} completed; "
         f"{manifest['rows']} rows {manifest['counts']} -> {out}"
     )
     return 0
