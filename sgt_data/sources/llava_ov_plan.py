@@ -7,7 +7,7 @@ many workers run later, so the same seed and revision give the same rows.
 How rows are drawn (`fetch_budget` b): Parquet can only be fetched a whole column chunk at a time, i.e. a row
 group (LLaVA-OV image configs have ~100-row groups). A simple random sample of 4,000 of dvqa's 200,000 rows
 touches ~87% of its row groups, so it would fetch ~40x what it keeps. With a budget, the sampler first draws
-m = ceil(b * n / mean rows per group) row groups uniformly at random, then n rows uniformly from their union:
+m = floor(b * n / mean rows per group) row groups (at least enough to hold n rows) uniformly at random, then n rows uniformly from their union:
 every row still has the same inclusion probability n/N (exactly, when the groups are equally large), and the
 bytes fetched are about b times the bytes kept. When m covers every group (high sampling rates, or
 `fetch_budget: null`) this is exactly a simple random sample. The trade-off is clustering: rows come from m
@@ -63,7 +63,9 @@ def groups_for_budget(sizes: list[int], n: int, budget: float | None) -> int:
     total = sum(sizes)
     if budget is None or total == 0:
         return len(sizes)
-    return min(len(sizes), math.ceil(budget * n * len(sizes) / total))
+    mean = total / len(sizes)
+    # As many groups as the budget pays for, but never fewer than needed to hold n rows.
+    return min(len(sizes), max(math.ceil(n / mean), math.floor(budget * n / mean)))
 
 
 def sample_groups(
@@ -186,7 +188,7 @@ def make_plan(
 ) -> tuple[list[ConfigPlan], dict[str, bytes]]:
     """List, check, read footers of the requested configs only, and sample each config."""
     by_config: dict[str, list[FileRef]] = {}
-    for ref in source.list_files():
+    for ref in sorted(source.list_files(), key=lambda r: r.path):  # never the listing's order
         by_config.setdefault(ref.config, []).append(ref)
     check_configs(table, by_config, source.describe())
     wanted = [ref for c in table for ref in by_config[c]]
