@@ -8,8 +8,7 @@ tests can assert what was (not) sent. Unknown routes are 404 and recorded in `un
 
 Knobs: `put_faults`, consumed one per LFS PUT: "pass", "drop" (read half the body, then close the socket without
 an answer) or "block" (read half, set `blocked`, hold until `release` is set, bounded by `block_timeout`, then
-drop); `fail_routes` ({route name: n}: answer the next n requests of that route with 503); `tree_page_size`
-(tree listing pagination via a `Link` header).
+drop); `fail_routes` ({route name: n}: answer the next n requests of that route with 503).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -97,7 +96,7 @@ class FakeHub(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, token: str | None = None, tree_page_size: int = 1000):
+    def __init__(self, token: str | None = None):
         super().__init__(("127.0.0.1", 0), Handler)
         self.token = token
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
@@ -112,7 +111,6 @@ class FakeHub(ThreadingHTTPServer):
         self.block_timeout = 30.0
         self.blocked = threading.Event()
         self.release = threading.Event()
-        self.tree_page_size = tree_page_size
         self.lock = threading.Lock()
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -144,6 +142,8 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- plumbing -------------------------------------------------------------------------------------------
     def _body(self) -> bytes:
+        """The whole request body (Content-Length or chunked); read exactly once per request."""
+        self._consumed = True
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             parts = []
             while True:
@@ -164,13 +164,14 @@ class Handler(BaseHTTPRequestHandler):
             raise HubError(400, "request body must be a JSON object")
         return data
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False) -> None:
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None) -> None:
+        """Answer with `body` (its length is announced; HEAD answers carry no body)."""
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, str(v))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not head and self.command != "HEAD":
+        if self.command != "HEAD":
             self.wfile.write(body)
 
     def _reply(self, data, status: int = 200, headers: dict | None = None) -> None:
@@ -187,6 +188,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         self.server.log.append((method, url.path))
+        self._consumed = False
         try:
             for pattern, name in ROUTES:
                 m = re.fullmatch(pattern, url.path)
@@ -197,6 +199,8 @@ class Handler(BaseHTTPRequestHandler):
             self.server.unknown_routes.append(f"{method} {url.path}")
             raise HubError(404, f"no route {method} {url.path}")
         except HubError as err:
+            if not self._consumed:  # drain an unread body so the kept-alive connection stays in sync
+                self._body()
             headers = {"X-Error-Message": err.message}
             if err.code:
                 headers["X-Error-Code"] = err.code
@@ -207,7 +211,6 @@ class Handler(BaseHTTPRequestHandler):
             left = self.server.fail_routes.get(name, 0)
             self.server.fail_routes[name] = max(left - 1, 0)
         if left > 0:
-            self._body()  # drain the request so the connection stays usable
             raise HubError(503, f"{name} temporarily unavailable (injected)")
 
     def do_GET(self):
@@ -387,16 +390,8 @@ class Handler(BaseHTTPRequestHandler):
     def tree_get(self, kind, repo_id, revision, path, query) -> None:
         repo = self.server.repo(REPO_TYPES[kind], repo_id, self._authed())
         _, files = repo.files(unquote(revision))
-        entries = list_tree(
-            files, unquote(path or "").strip("/"), query.get("recursive", ["False"])[0] == "True"
-        )
-        start = int(query.get("cursor", ["0"])[0])
-        page = entries[start : start + self.server.tree_page_size]
-        headers = {}
-        if start + len(page) < len(entries):
-            nxt = f"{self.server.url}{urlsplit(self.path).path}?{_next_query(query, start + len(page))}"
-            headers["Link"] = f'<{nxt}>; rel="next"'
-        self._reply(page, headers=headers)
+        recursive = query.get("recursive", ["False"])[0] == "True"
+        self._reply(list_tree(files, unquote(path or "").strip("/"), recursive))
 
     def paths_info_post(self, kind, repo_id, revision, query) -> None:
         repo = self.server.repo(REPO_TYPES[kind], repo_id, self._authed())
@@ -411,7 +406,7 @@ class Handler(BaseHTTPRequestHandler):
                 out.append({"type": "directory", "path": path, "oid": git_blob_oid(path.encode())})
         self._reply(out)
 
-    def resolve_get(self, kind, repo_id, revision, path, query, head: bool = False) -> None:
+    def resolve_get(self, kind, repo_id, revision, path, query) -> None:
         repo = self.server.repo(REPO_TYPES[kind], repo_id, self._authed())
         sha, files = repo.files(unquote(revision))
         entry = files.get(unquote(path))
@@ -428,21 +423,9 @@ class Handler(BaseHTTPRequestHandler):
             last = min(last, len(data) - 1)
             headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
             data, status = data[first : last + 1], 206
-        if head:
-            self._head(status, len(data), headers)
-        else:
-            self._send(status, data, headers)
+        self._send(status, data, headers)
 
-    def resolve_head(self, *args, query) -> None:
-        self.resolve_get(*args, query=query, head=True)
-
-    def _head(self, status: int, length: int, headers: dict) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, str(v))
-        self.send_header("Content-Length", str(length))
-        self.end_headers()
-
+    resolve_head = resolve_get
     info_head = info_get
 
     def harnesses_get(self, query) -> None:
@@ -498,11 +481,6 @@ def list_tree(files: dict[str, Entry], path: str, recursive: bool) -> list[dict]
         if recursive or len(parts) == 1:
             out.append(files[p].info(p))
     return out
-
-
-def _next_query(query: dict, cursor: int) -> str:
-    pairs = [(k, v) for k, vs in query.items() if k != "cursor" for v in vs] + [("cursor", str(cursor))]
-    return "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs)
 
 
 def card_data(entry: Entry | None) -> dict | None:

@@ -228,3 +228,37 @@ def test_token_never_appears_anywhere(tmp_path: Path, hub: FakeHub):
     for secret in (TOKEN, wrong):
         assert all(secret not in text for text in outputs)
         assert all(secret.encode() not in blob for blob in stored + local)
+
+
+def make_vqa_folder(out: Path) -> Path:
+    """A small `build llava-ov`-shaped folder: two categories, one row without an image."""
+    from test_validate import _png
+
+    cats = ["General VQA", "Math/Reasoning", "General VQA", "Math/Reasoning", "General VQA"]
+    rows = {
+        "key": [f"q{i}" for i in range(5)],
+        "source": ["vqav2", "geo170k", "vqav2", "geo170k", "vqav2"],
+        "category": cats,
+        "origin": [f"row-{i}" for i in range(5)],
+        "image": [_png(i) for i in range(4)] + [None],
+        "conversations": [
+            [{"from": "human", "value": f"<image>\nQ{i}?"}, {"from": "gpt", "value": f"A{i}"}]
+            for i in range(5)
+        ],
+        "status": ["ok"] * 5,
+        "error": [None] * 5,
+    }
+    shards.finish_shard(out, 0, shards.to_table(rows, shards.VQA_COLUMNS))
+    shards.write_manifest(out, kind="vqa", command=["sgt-data", "build", "llava-ov"], inputs_total=5)
+    return out
+
+
+def test_vqa_round_trip_per_category_config(tmp_path: Path, hub: FakeHub):
+    folder = make_vqa_folder(tmp_path / "vqa")
+    proc = run_push(folder, hub)
+    assert proc.returncode == 0, proc.stderr
+    table, features = load_back(tmp_path, hub, "all")
+    assert table.to_pylist() == local_table(folder).to_pylist()
+    assert features["image"] == "Image" and features["conversations"] == "List"
+    math, _ = load_back(tmp_path, hub, "math_reasoning")
+    assert math.column("key").to_pylist() == ["q1", "q3"]
