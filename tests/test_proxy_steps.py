@@ -15,7 +15,7 @@ from PIL import Image
 
 from sgt_data.errors import BadImage
 from sgt_data.proxies.edge import EdgeTarget, auto_thresholds, mask_boundaries
-from sgt_data.proxies.image import DecodeImage, decode_image, map_ok_rows
+from sgt_data.proxies.image import DecodeImage, decode_image, header_size, map_ok_rows
 from sgt_data.proxies.prompts import TEMPLATES, Prompts
 from sgt_data.proxies.seg import MIN_BRIGHTNESS, SegTarget, make_palette
 
@@ -240,6 +240,26 @@ def test_decode_guards() -> None:
         decode_image(good, max_pixels=100)
     with pytest.raises(ValueError):
         DecodeImage(max_pixels=0)
+
+
+def test_embedded_thumbnail_neither_fools_the_size_nor_the_truncation_check() -> None:
+    rng = np.random.default_rng(2)
+    main = jpeg(rng.integers(0, 256, (48, 72, 3), dtype=np.uint8))
+    thumb = jpeg(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))  # has its own SOF, SOS and EOI
+    payload = b"Exif\x00\x00" + thumb
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    with_thumb = main[:2] + app1 + main[2:]
+    assert header_size(with_thumb) == (72, 48)
+    assert decode_image(with_thumb).shape == (48, 72, 3)
+    with pytest.raises(BadImage, match="JPEG is truncated"):
+        decode_image(with_thumb[: len(with_thumb) - 300])
+    progressive = cv2.imencode(
+        ".jpg", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
+    )
+    data = progressive[1].tobytes()
+    assert decode_image(data).shape == (40, 50, 3)
+    with pytest.raises(BadImage, match="JPEG is truncated"):
+        decode_image(data[: len(data) - 100])
 
 
 def test_wrapper_keeps_rows_and_isolates_failures() -> None:
