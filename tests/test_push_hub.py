@@ -30,13 +30,16 @@ REPO_ID = "sgt-org/proxies"
 
 LOAD = """
 import json, sys, datasets, pyarrow.parquet as pq
-repo, config, out = sys.argv[1:4]
-ds = datasets.load_dataset(repo, config, split="train")
-for name, feature in ds.features.items():
-    if isinstance(feature, datasets.Image):
-        ds = ds.cast_column(name, datasets.Image(decode=False))
-pq.write_table(ds.with_format("arrow")[:], out)
-print(json.dumps({n: type(f).__name__ for n, f in ds.features.items()}))
+repo, out, configs = sys.argv[1], sys.argv[2], sys.argv[3:]
+features = {}
+for config in configs:
+    ds = datasets.load_dataset(repo, config, split="train")
+    features[config] = {n: type(f).__name__ for n, f in ds.features.items()}
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+    pq.write_table(ds.with_format("arrow")[:], f"{out}/{config}.parquet")
+print(json.dumps(features))
 """
 
 
@@ -63,18 +66,21 @@ def run_push(folder: Path, hub: FakeHub, *extra: str, token: str = TOKEN) -> sub
     )
 
 
-def load_back(tmp: Path, hub: FakeHub, config: str) -> tuple[pa.Table, dict]:
-    out = tmp / f"loaded-{config}.parquet"
+def load_back(tmp: Path, hub: FakeHub, *configs: str) -> tuple[dict[str, pa.Table], dict]:
+    """`datasets.load_dataset(REPO_ID, config)` for each config, in one subprocess pointed at the fake Hub."""
+    out = tmp / "loaded"
+    out.mkdir(exist_ok=True)
     env = dict(_env(tmp, hub), HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1")
     proc = subprocess.run(
-        [sys.executable, "-c", LOAD, REPO_ID, config, str(out)],
+        [sys.executable, "-c", LOAD, REPO_ID, str(out), *configs],
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return pq.read_table(out), json.loads(proc.stdout.strip().splitlines()[-1])
+    tables = {c: pq.read_table(out / f"{c}.parquet") for c in configs}
+    return tables, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def local_table(folder: Path) -> pa.Table:
@@ -114,10 +120,10 @@ def test_round_trip_and_rerun_skips(tmp_path: Path, hub: FakeHub):
     assert hub.repos[("dataset", REPO_ID)].private
     assert json.loads(files["manifest.json"].content) == shards.read_manifest(folder)
 
-    table, features = load_back(tmp_path, hub, "all")
-    assert table.to_pylist() == local_table(folder).to_pylist()
-    assert features["image"] == "Image" and features["seg"] == "Image"
-    seg, _ = load_back(tmp_path, hub, "seg")
+    tables, features = load_back(tmp_path, hub, "all", "seg")
+    assert tables["all"].to_pylist() == local_table(folder).to_pylist()
+    assert features["all"]["image"] == "Image" and features["all"]["seg"] == "Image"
+    seg = tables["seg"]
     local = local_table(folder).filter(pa.compute.equal(local_table(folder)["status"], "ok"))
     assert seg.column_names == [
         "key",
@@ -257,8 +263,7 @@ def test_vqa_round_trip_per_category_config(tmp_path: Path, hub: FakeHub):
     folder = make_vqa_folder(tmp_path / "vqa")
     proc = run_push(folder, hub)
     assert proc.returncode == 0, proc.stderr
-    table, features = load_back(tmp_path, hub, "all")
-    assert table.to_pylist() == local_table(folder).to_pylist()
-    assert features["image"] == "Image" and features["conversations"] == "List"
-    math, _ = load_back(tmp_path, hub, "math_reasoning")
-    assert math.column("key").to_pylist() == ["q1", "q3"]
+    tables, features = load_back(tmp_path, hub, "all", "math_reasoning")
+    assert tables["all"].to_pylist() == local_table(folder).to_pylist()
+    assert features["all"]["image"] == "Image" and features["all"]["conversations"] == "List"
+    assert tables["math_reasoning"].column("key").to_pylist() == ["q1", "q3"]
