@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import BinaryIO
 
 from sgt_data.errors import BadImage, BadTarget, MissingPartner, SampleError, UnsafeMember
 from sgt_data.sources import tar_safe
@@ -158,8 +159,33 @@ def probe(data: bytes, what: str, error: type[SampleError]) -> tuple[int, int]:
     return width, height
 
 
-def sam_row(sample: SamSample, source: str = "sam-sgt") -> dict:
+class TarReader:
+    """Reads member bytes by offset, keeping one open handle per tar (a shard reads thousands of members)."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, BinaryIO] = {}
+
+    def read(self, ref: MemberRef) -> bytes:
+        if ref.offset < 0:
+            return ref.read()
+        f = self._files.get(ref.path)
+        if f is None:
+            f = self._files[ref.path] = open(ref.path, "rb")  # noqa: SIM115 - closed in close()
+        f.seek(ref.offset)
+        data = f.read(ref.size)
+        if len(data) != ref.size:
+            raise OSError(f"{ref.path}: member at {ref.offset} cut short ({len(data)} of {ref.size} bytes)")
+        return data
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def sam_row(sample: SamSample, source: str = "sam-sgt", reader: TarReader | None = None) -> dict:
     """One output row for a paired sample; any problem becomes the row's status + error."""
+    read = reader.read if reader is not None else (lambda ref: ref.read())
     row = {"key": sample.key, "source": source, "origin": sample.origin, "image": None, "width": None,
            "height": None, "annotations": None, "sam_mask": None, "status": "ok", "error": None}  # fmt: skip
     refs = sample.refs
@@ -170,16 +196,16 @@ def sam_row(sample: SamSample, source: str = "sam-sgt") -> dict:
             raise MissingPartner(
                 f"{sample.origin}: mask without its image {sample.key}.jpg in this shard's tars"
             )
-        row["image"] = refs["image"].read()
+        row["image"] = read(refs["image"])
         row["width"], row["height"] = probe(row["image"], f"{sample.origin} image", BadImage)
         if "mask" not in refs:
             raise MissingPartner(
                 f"{sample.origin}: image without its mask sam_mask/{sample.key}.png in this shard"
             )
-        row["sam_mask"] = refs["mask"].read()
+        row["sam_mask"] = read(refs["mask"])
         probe(row["sam_mask"], f"{sample.origin} mask {sample.key}.png", BadTarget)
         if "annotations" in refs:
-            row["annotations"] = parse_annotations(refs["annotations"].read(), sample.key)[0]
+            row["annotations"] = parse_annotations(read(refs["annotations"]), sample.key)[0]
     except SampleError as e:
         row["status"], row["error"] = e.status, str(e)
     return row
@@ -187,6 +213,9 @@ def sam_row(sample: SamSample, source: str = "sam-sgt") -> dict:
 
 def read_sam_task(task, chunk_size: int = 16, source: str = "sam-sgt") -> Iterator[dict]:
     """Reader for the runner: chunks of rows of one shard task (`task.inputs` = list of SamSample)."""
-    samples = task.inputs
-    for start in range(0, len(samples), chunk_size):
-        yield rows_to_batch([sam_row(s, source) for s in samples[start : start + chunk_size]])
+    samples, reader = task.inputs, TarReader()
+    try:
+        for start in range(0, len(samples), chunk_size):
+            yield rows_to_batch([sam_row(s, source, reader) for s in samples[start : start + chunk_size]])
+    finally:
+        reader.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 from sgt_data.sources.sa1b import MemberRef
@@ -59,15 +59,14 @@ def member_problem(info: tarfile.TarInfo) -> str | None:
         return "empty name or control characters in the name"
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return "absolute path"
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if ".." in parts:
+    if ".." in name.replace("\\", "/").split("/"):
         return "path climbs out of the archive (..)"
     return None
 
 
 def normalise(name: str) -> str:
     """`./a//b` -> `a/b` (only for names that passed `member_problem`)."""
-    return "/".join(p for p in PurePosixPath(name).parts if p not in (".", ""))
+    return "/".join(p for p in name.split("/") if p not in (".", ""))
 
 
 def _entries(tar: tarfile.TarFile, tar_path: str) -> Iterator[Member | Rejected]:
