@@ -165,11 +165,18 @@ def test_sam_mask_resized_nearest_and_passed_through_when_sized() -> None:
 
 
 def test_corrupt_sam_mask_is_bad_target() -> None:
-    batch = make_batch(
-        [{"key": "a", "image": jpeg(np.zeros((8, 8, 3), np.uint8)), "sam_mask": b"\x89PNG\r\n\x1a\nxx"}]
-    )
+    image = jpeg(np.zeros((8, 8, 3), np.uint8))
+    masks = [
+        (b"\x89PNG\r\n\x1a\nxx", "sam_mask: image header unreadable"),
+        (sam_png(8, 8)[1][:-30], "sam_mask: PNG is truncated"),
+        (bomb_png(10000, 10000), "over the 64 MP limit"),
+        (b"", "sam_mask is empty"),
+    ]
+    batch = make_batch([{"key": str(k), "image": image, "sam_mask": m} for k, (m, _) in enumerate(masks)])
     out = run_steps(batch, [DecodeImage(), SegTarget()])
-    assert out["status"] == ["bad_target"] and "sam_mask" in out["error"][0]
+    assert out["status"] == ["bad_target"] * len(masks)
+    for error, (_, needle) in zip(out["error"], masks):
+        assert needle in error, error
 
 
 def test_canny_fixed_and_auto_match_opencv_on_grey() -> None:

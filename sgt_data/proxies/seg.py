@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 from numba import njit
 
-from sgt_data.errors import BadAnnotations, BadTarget
-from sgt_data.proxies.image import Batch, map_ok_rows
+from sgt_data.errors import BadAnnotations, BadImage, BadTarget
+from sgt_data.proxies.image import DEFAULT_MAX_PIXELS, Batch, check_complete, header_size, map_ok_rows
 from sgt_data.proxies.prompts import key_seed
 from sgt_data.proxies.rle import paint_annotations
 
@@ -81,6 +81,13 @@ def sam_target(data: bytes | dict, height: int, width: int) -> tuple[np.ndarray,
         data = data.get("bytes")
     if not data:
         raise BadTarget("sam_mask is empty; the ready-made colour mask file is missing or zero bytes")
+    try:  # same guards as for images: pixel limit before decoding, and no truncated streams
+        mask_w, mask_h = header_size(data)
+        check_complete(data)
+    except BadImage as exc:
+        raise BadTarget(f"sam_mask: {exc}") from None
+    if mask_w * mask_h > DEFAULT_MAX_PIXELS:
+        raise BadTarget(f"sam_mask is {mask_w}x{mask_h}, over the {DEFAULT_MAX_PIXELS / 1e6:.0f} MP limit")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise BadTarget(f"sam_mask ({len(data)} bytes) cannot be decoded; re-extract the sam_mask PNG")
