@@ -257,4 +257,5 @@ def test_bad_rows_become_status_rows(image, conv, status, needle):
     batch = {"key": ["k"], "image": [image], "conversations": [conv]}
     out = CheckVqa()(batch)
     assert out["status"] == [status] and needle in out["error"][0]
+    assert " at 0x" not in out["error"][0]  # no object addresses: same input, same shard bytes
     assert len(out["key"]) == 1  # counts in == counts out

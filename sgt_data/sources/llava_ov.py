@@ -74,19 +74,24 @@ class ShardReader:
         from sgt_data.sources.llava_ov_cache import load_footer, write_fetch_record
 
         inp = task.inputs
-        before, kept = self.source.counter.bytes, 0
+        counter = self.source.counter
+        before, whole_before, kept = counter.bytes, counter.whole_files, 0
+        previous = None
         for path, row_group, rows in inp["pieces"]:
             ref = FileRef(inp["config"], path, inp["sizes"][path])
+            if previous is not None and previous != ref:
+                self.source.forget(previous)  # pieces come file by file: a whole-file body is done with
+            previous = ref
             footer = load_footer(inp["plan_dir"], path)
             table = read_row_group(self.source, ref, footer, row_group, READ_COLUMNS)
             chunk = chunk_from_table(table, rows, inp["config"], inp["category"], path, row_group)
             kept += payload_bytes(chunk)
             yield chunk
-        for path in sorted({p for p, _, _ in inp["pieces"]}):
-            getattr(self.source, "forget", lambda _ref: None)(
-                FileRef(inp["config"], path, inp["sizes"][path])
-            )
-        write_fetch_record(inp["plan_dir"], task.index, self.source.counter.bytes - before, kept)
+        if previous is not None:
+            self.source.forget(previous)
+        write_fetch_record(
+            inp["plan_dir"], task.index, counter.bytes - before, kept, counter.whole_files - whole_before
+        )
 
 
 def make_source(args, spec):

@@ -54,10 +54,10 @@ def load_footer(plan_dir: str, path: str) -> bytes:
     return footer_file(plan_dir, path).read_bytes()
 
 
-def write_fetch_record(plan_dir: str, index: int, fetched: int, kept: int) -> None:
-    shards.write_json_atomic(
-        {"fetched": fetched, "kept": kept}, Path(plan_dir) / "fetch" / f"{shards.shard_stem(index)}.json"
-    )
+def write_fetch_record(plan_dir: str, index: int, fetched: int, kept: int, whole_files: int = 0) -> None:
+    """Bytes one shard task fetched and kept (and files a Range-ignoring server sent whole)."""
+    record = {"fetched": fetched, "kept": kept, "whole_files": whole_files}
+    shards.write_json_atomic(record, Path(plan_dir) / "fetch" / f"{shards.shard_stem(index)}.json")
 
 
 def read_fetch_records(out: Path) -> list[dict]:

@@ -63,6 +63,9 @@ class LocalSource:
             refs.append(FileRef(rel.split("/", 1)[0], rel, path.stat().st_size))
         return refs
 
+    def forget(self, ref: FileRef) -> None:
+        """Nothing is kept between reads of a local file."""
+
     def read_range(self, ref: FileRef, start: int, end: int) -> bytes:
         with open(self.root / ref.path, "rb") as f:
             f.seek(start)

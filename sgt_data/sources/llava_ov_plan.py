@@ -100,8 +100,14 @@ def sample_groups(
 
 def read_footers(source, files: list[FileRef], workers: int = 8) -> dict[str, bytes]:
     """Footer bytes of every file (ranged reads, a few in parallel); order of completion does not matter."""
+
+    def one(ref: FileRef) -> bytes:
+        footer = read_footer(source, ref)
+        source.forget(ref)  # a Range-ignoring server sent the whole file: do not keep it
+        return footer
+
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(files)))) as pool:
-        return dict(zip([f.path for f in files], pool.map(lambda f: read_footer(source, f), files)))
+        return dict(zip([f.path for f in files], pool.map(one, files)))
 
 
 def check_configs(table: dict[str, tuple[str, int]], by_config: dict[str, list[FileRef]], where: str) -> None:

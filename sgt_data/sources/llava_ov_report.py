@@ -91,7 +91,12 @@ def manifest_fields(out: Path, plan: dict, spec_path: Path) -> dict:
         "steps": [{"name": "check_vqa", "version": 1}],
         "inputs_total": sum(c["quota"] for c in plan["configs"]),
         "configs": configs,
-        "bytes": {"fetched": fetched, "kept": kept, "ratio": round(fetched / kept, 4) if kept else None},
+        "bytes": {
+            "fetched": fetched,
+            "kept": kept,
+            "ratio": round(fetched / kept, 4) if kept else None,
+            "whole_file_responses": sum(r.get("whole_files", 0) for r in records),
+        },
     }
 
 
@@ -110,4 +115,9 @@ def format_report(manifest: dict, result) -> str:
     )
     if b["kept"]:
         lines.append(f"  fetched {_mb(b['fetched'])} for {_mb(b['kept'])} kept ({b['ratio']:.2f}x)")
+    if b.get("whole_file_responses"):
+        lines.append(
+            f"  note: the server ignored Range {b['whole_file_responses']} time(s) and sent whole files "
+            "(olah's local mirrors do); the Hub and hf-mirror honour Range"
+        )
     return "\n".join(lines)

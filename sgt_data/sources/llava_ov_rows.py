@@ -9,6 +9,7 @@ human `error`, and stays in the output (counts in == counts out).
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -92,7 +93,10 @@ def check_image(image: Any) -> dict | None:
             im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # JPEG: decode at 1/8 scale
             im.load()
     except Exception as err:  # noqa: BLE001 - any decoder failure means the bytes are unusable
-        raise BadImage(f"image bytes ({len(data)} B) do not decode: {err}") from err
+        # Decoder messages may embed object addresses ("<_io.BytesIO object at 0x7f...>"): drop them so the
+        # same input always gives the same shard bytes.
+        reason = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the bytes", str(err))
+        raise BadImage(f"image bytes ({len(data)} B) do not decode: {reason}") from err
     return {"bytes": data, "path": image.get("path")}
 
 
