@@ -62,6 +62,12 @@ def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: li
     Each sample runs without a mask (so the flash kernel applies on GPU); padded query rows come back as 0.
     """
     B, L = q.shape[:2]
+    if q.is_cuda and k.shape[2] != q.shape[2]:
+        from .fast_attention import flash_supports_gqa
+
+        if not flash_supports_gqa(q.device.index or 0):  # never fall back to the math kernel for GQA
+            rep = q.shape[2] // k.shape[2]
+            k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
     if all(n == L for n in lens):
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), enable_gqa=True
