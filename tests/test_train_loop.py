@@ -86,7 +86,7 @@ def write_recipe(path: Path, proxy: Path, vqa: Path, out: Path, **blocks) -> Pat
         "mixing": {"ratio": {"seg": 2, "vqa": 1}, "samples_per_step": 6},
         "loss_weights": {"ce": 1.5, "mse": 1.0},
         "optim": {"lr": 1e-2, "warmup_steps": 2, "schedule": "cosine"},
-        "train": {"output_dir": str(out), "max_steps": 4, "mixed_precision": "no", "progress": False},
+        "train": {"output_dir": str(out), "max_steps": 4, "mixed_precision": "fp32", "progress": False},
     }
     for block, values in blocks.items():
         data.setdefault(block, {}).update(values)

@@ -80,8 +80,8 @@ class TrainConfig:
     """Optimizer steps to train; the run stops there and the schedule ends there."""
     seed: int = 0
     """Seeds the data order, per-sample randomness and torch's generators (identical on every rank)."""
-    mixed_precision: Literal["bf16", "no"] = "bf16"
-    """bf16 autocast over fp32 master weights, or `no` for full fp32 (used by exactness tests)."""
+    mixed_precision: Literal["bf16", "fp32"] = "bf16"
+    """bf16 autocast over fp32 master weights, or `fp32` for full fp32 (used by exactness tests)."""
     log_every: int = 1
     """Write metrics every N steps (one small all-reduce each time)."""
     save_every: int = 1000
