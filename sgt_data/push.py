@@ -1,18 +1,14 @@
 """`sgt-data push DIR --repo-id ORG/NAME`: validated, resumable, memory-bounded upload with a generated card.
 
-Why not `Dataset.push_to_hub` or `upload_folder`: the first keeps every shard's bytes in memory and is known to
-hang on large image sets; the second, without Xet, makes one giant commit (spec/data.md §6.5). Here a push is a
-sequence of small idempotent *units*: for a chunk of shards, ask the Hub which paths already hold the same sha256
-(`get_paths_info`), pre-upload the rest as LFS from their file paths (`preupload_lfs_files`, bytes released after
-each upload), then commit the chunk (`create_commit`). A failed unit is retried with bounded exponential backoff on
-429 / 5xx / connection errors by re-planning it against the remote, so a retry never re-sends what already landed
-(LFS objects already stored are skipped by the Hub's batch answer) and never duplicates a commit. A rerun after a
-crash does the same from the start: finished files are skipped. The card (`README.md`) and `manifest.json` go in
-the last commit. sha256 sums are cached in `DIR/.sgt-push.json` (keyed by size and mtime) so a rerun of a 190 GB
-push does not re-hash it.
-
-The token comes from `--token-env` (default HF_TOKEN) or the saved login; it is never printed, and every message
-passes through `hub.redact`.
+Not `Dataset.push_to_hub` (keeps every shard's bytes in memory, hangs on large image sets) nor `upload_folder`
+(one giant commit without Xet), see spec/data.md §6.5. A push is a sequence of small idempotent *units*: for a
+chunk of shards, ask the Hub which paths already hold the same sha256 (`get_paths_info`), pre-upload the rest as
+LFS from their file paths (`preupload_lfs_files`, released after upload), then commit the chunk. A failed unit is
+retried with bounded exponential backoff on 429 / 5xx / connection errors by re-planning it against the remote:
+nothing that landed is sent twice (the LFS batch answer skips stored objects) and no commit is duplicated. A rerun
+after a crash does the same. README.md (the card) and manifest.json go last. sha256 sums are cached in
+`DIR/.sgt-push.json` (by size + mtime) so a rerun of a 190 GB push does not re-hash it. The token comes from
+`--token-env` or the login and is never printed; every message passes through `hub.redact`.
 """
 
 from __future__ import annotations
@@ -200,12 +196,14 @@ class Pusher:
         self.api.create_commit(self.repo_id, ops, commit_message=message, repo_type="dataset")
         return len(todo)
 
-    def push_shards(self, shards: list[Path], hashes: dict[str, str]) -> list[str]:
+    def push_shards(self, folder: Path, shards: list[Path]) -> list[str]:
+        """Commit the shards chunk by chunk (hashing each chunk just before it goes); returns their repo paths."""
         prefix = self.args.path_in_repo.strip("/")
         repo_paths = [f"{prefix}/{p.name}" if prefix else p.name for p in shards]
         per = max(1, self.args.files_per_commit)
         chunks = [list(range(i, min(i + per, len(shards)))) for i in range(0, len(shards), per)]
         for n, chunk in enumerate(chunks, 1):
+            hashes = cached_sha256(folder, [shards[i] for i in chunk])
             files = {repo_paths[i]: shards[i] for i in chunk}
             sums = {repo_paths[i]: hashes[shards[i].name] for i in chunk}
             message = f"Add {shards[chunk[0]].name}..{shards[chunk[-1]].name} ({n}/{len(chunks)})"
@@ -279,8 +277,7 @@ def _push(args, token: str | None) -> int:
         "create repo",
     )
     print(f"push: repo {url} ({'public' if args.public else 'private'})")
-    hashes = cached_sha256(folder, report.complete_shards)
-    data_files = pusher.push_shards(report.complete_shards, hashes)
+    data_files = pusher.push_shards(folder, report.complete_shards)
     extras = final_files(report, args, data_files, token)
     sums = {path: git_blob_oid(data) for path, data in extras.items()}
     pusher.sent += pusher.retry(lambda: pusher.unit(extras, sums, "Update dataset card and manifest"), "card")
