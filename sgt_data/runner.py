@@ -134,6 +134,16 @@ def name_errors(batch: Batch) -> Batch:
     return batch
 
 
+def limit_threads() -> None:
+    """One shard task = one CPU: stop OpenCV's own thread pool from oversubscribing the cores Ray hands out."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover - cv2 is a core dependency
+        pass
+
+
 def process_shard(
     task: ShardTask,
     reader: Callable[[ShardTask], Iterator[Batch]],
@@ -158,6 +168,11 @@ def process_shard(
         rows = {c: [] for c in columns}
     table = shards.to_table(rows, columns)
     return shards.finish_shard(Path(out_dir), task.index, table, {"seconds": round(time.time() - started, 3)})
+
+
+def _process_shard_in_worker(*args: Any) -> dict:
+    limit_threads()
+    return process_shard(*args)
 
 
 class _StepActor:
@@ -273,7 +288,7 @@ def run(
 
     try:
         pools = _make_actor_pools(steps, opts)
-        remote = ray.remote(num_cpus=1, max_retries=1)(process_shard)
+        remote = ray.remote(num_cpus=1, max_retries=1)(_process_shard_in_worker)
         pending = {remote.remote(t, reader, steps, columns, str(out), pools): t for t in todo}
         bar = _progress(sum(t.rows_hint for t in todo), opts.progress)
         while pending:
