@@ -164,6 +164,15 @@ def test_missing_config_fails_at_plan_time(hub, tmp_path, monkeypatch, capsys):
     assert not shards.list_shards(out)
 
 
+def test_unknown_repo_fails_with_an_actionable_message(hub, tmp_path, monkeypatch, capsys):
+    server, spec, _ = hub
+    out = tmp_path / "out"
+    assert _build(monkeypatch, server.url, spec, out, "--repo-id", "test-org/nope", "--plan") == 2
+    err = capsys.readouterr().err
+    assert "cannot list dataset test-org/nope@main" in err and "--endpoint / --mirror" in err
+    assert "hf_dummytokenfortests" not in err
+
+
 def test_datasets_loads_hub_build(direct):
     import datasets
 

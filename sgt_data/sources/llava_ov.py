@@ -56,10 +56,13 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="exact simple random sample (no fetch budget; may fetch far more)",
     )
-    parser.add_argument("--plan-only", action="store_true", help="plan, print the summary, fetch nothing")
     parser.add_argument(
-        "overrides", nargs="*", default=[], help="spec overrides key=value (e.g. rows_per_shard=500)"
+        "--plan",
+        action="store_true",
+        help="plan (footers only), print the summary and stop; a later run reuses it",
     )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec value, e.g. --set rows_per_shard=500 (repeatable)")  # fmt: skip
     add_hub_arguments(parser)
     add_runner_arguments(parser)
 
@@ -110,6 +113,7 @@ def make_source(args, spec):
 def run(args) -> int:
     from sgt_data import runner
     from sgt_data.config import ConfigError
+    from sgt_data.hub_download import DownloadError
     from sgt_data.sources import llava_ov_cache as cache
     from sgt_data.sources.llava_ov_plan import PlanError
     from sgt_data.sources.llava_ov_report import format_plan, format_report, manifest_fields
@@ -121,11 +125,11 @@ def run(args) -> int:
         spec, request = cache.load_request(spec_path, args)
         source = make_source(args, spec)
         plan = cache.load_or_make_plan(out, source, spec, request, overwrite=args.overwrite)
-    except (ConfigError, PlanError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, PlanError, DownloadError, FileNotFoundError, ValueError) as err:
         print(f"sgt-data build llava-ov: {_redact(err, args)}", file=sys.stderr)
         return 2
     print(format_plan(plan), file=sys.stderr)
-    if args.plan_only:
+    if args.plan:
         return 0
     source = cache.source_for_plan(source, plan)
     tasks = cache.shard_tasks(plan, out)

@@ -12,6 +12,7 @@ from pathlib import Path
 from sgt_data import shards
 from sgt_data.runner import ShardTask
 from sgt_data.sources import llava_ov_spec as ovspec
+from sgt_data.sources.llava_ov_io import HubSource
 from sgt_data.sources.llava_ov_plan import PlanError, make_plan, pack_shards
 from sgt_data.sources.llava_ov_rows import READ_COLUMNS
 
@@ -100,8 +101,6 @@ def load_or_make_plan(
 
 def _new_plan(out: Path, source, spec: ovspec.LlavaOvSpec, request: dict) -> dict:
     table = ovspec.quotas(spec, request["fix_missing"], request["exclude"], request["total"])
-    if hasattr(source, "resolve_revision"):
-        source.resolve_revision()
     before = source.counter.bytes
     plans, footers = make_plan(
         source, table, spec.seed, spec.fetch_budget, READ_COLUMNS, request["allow_short"]
@@ -153,7 +152,7 @@ def _drop_stale_shards(out: Path, keep: int) -> None:
 
 def source_for_plan(source, plan: dict):
     """Pin a Hub source to the plan's commit (a resumed build reads exactly what was planned)."""
-    if hasattr(source, "resolve_revision"):
+    if isinstance(source, HubSource):
         source.revision = plan["source"]["revision"]
     return source
 

@@ -98,26 +98,18 @@ class HubSource:
     def describe(self) -> str:
         return f"{self.endpoint}/datasets/{self.repo_id}@{self.revision}"
 
-    def resolve_revision(self) -> str:
-        """Pin the branch/tag to its commit sha so every later read sees the same files."""
-        from sgt_data import hub
-
-        info = hub.api(self.endpoint, self.token).dataset_info(self.repo_id, revision=self.revision)
-        self.revision = info.sha or self.revision
-        return self.revision
-
     def list_files(self) -> list[FileRef]:
-        from sgt_data import hub
+        """Every `<config>/**.parquet` at the revision, which is pinned to its commit sha here (the same listing
+        code and error messages as `build sam`)."""
+        from sgt_data.hub_download import list_repo
 
-        tree = hub.api(self.endpoint, self.token).list_repo_tree(
-            self.repo_id, repo_type="dataset", revision=self.revision, recursive=True
-        )
-        refs = []
-        for entry in tree:
-            path = entry.path
-            size = getattr(entry, "size", None)
-            if "/" in path and path.endswith(".parquet") and size is not None:
-                refs.append(FileRef(path.split("/", 1)[0], path, int(size)))
+        listing = list_repo(self.endpoint, self.repo_id, "dataset", self.revision, self.token)
+        self.revision = listing.commit
+        refs = [
+            FileRef(f.path.split("/", 1)[0], f.path, int(f.size))
+            for f in listing.files
+            if "/" in f.path and f.path.endswith(".parquet")
+        ]
         return sorted(refs, key=lambda r: r.path)
 
     def read_range(self, ref: FileRef, start: int, end: int) -> bytes:
