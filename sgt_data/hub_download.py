@@ -1,4 +1,4 @@
-"""List a Hub repo with its LFS metadata, plan a download with a free-space check, and download it verified.
+"""List a Hub repo with its LFS metadata and download its files verified and resumable (plan: download_plan.py).
 
 Why not plain `snapshot_download`: it neither checks sha256 nor tells how much disk a 190 GB download needs. Here
 every file is fetched from `<endpoint>/<type>s/<repo>/resolve/<commit>/<path>` (the endpoint is always passed
@@ -16,7 +16,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -29,17 +28,12 @@ from pathlib import Path
 from sgt_data.hub import redact
 
 CHUNK = 1 << 20
-FREE_BYTES_ENV = "SGT_DATA_FREE_BYTES"  # tests (and users on odd filesystems) may state the free space
 PARTIAL_DIR = ".sgt-partial"
 STAMP_DIR = ".sgt-verified"
 
 
 class DownloadError(RuntimeError):
     """A file could not be fetched or does not match the Hub's metadata."""
-
-
-class InsufficientSpace(RuntimeError):
-    """The plan needs more disk than is free."""
 
 
 @dataclass(frozen=True)
@@ -93,79 +87,6 @@ def list_repo(
             "the revision, your token (--token-env) and the endpoint (--endpoint / --mirror)"
         ) from e
     return RepoListing(endpoint, repo_id, repo_type, revision, info.sha, sorted(files, key=lambda f: f.path))
-
-
-# ---------------------------------------------------------------- plan
-
-
-def _existing_ancestor(path: Path) -> Path:
-    path = path.resolve()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def free_space(path: Path) -> int:
-    """Free bytes on `path`'s filesystem; `SGT_DATA_FREE_BYTES` overrides (to test the check, or odd mounts)."""
-    forced = os.environ.get(FREE_BYTES_ENV)
-    if forced:
-        return int(forced)
-    return shutil.disk_usage(_existing_ancestor(path)).free
-
-
-@dataclass
-class DownloadPlan:
-    files: list[RemoteFile]
-    dest: Path
-    done: list[str]  # already downloaded and verified
-    partial_bytes: int  # bytes already on disk in resumable partial files
-    fetch_bytes: int  # bytes still to download
-    extra_bytes: int  # what the caller will write besides (e.g. shards)
-    free_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    @property
-    def needed_bytes(self) -> int:
-        return self.fetch_bytes + self.extra_bytes
-
-
-def make_plan(
-    files: list[RemoteFile], dest: Path, extra_bytes: int = 0, free_bytes: int | None = None
-) -> DownloadPlan:
-    """What is left to fetch into `dest`, and whether it fits; `free_bytes` defaults to `free_space(dest)`."""
-    done, partial, fetch = [], 0, 0
-    for f in files:
-        if is_verified(dest, f):
-            done.append(f.path)
-            continue
-        part = partial_path(dest, f.path)
-        have = part.stat().st_size if part.exists() and part.stat().st_size <= f.size else 0
-        partial += have
-        fetch += f.size - have
-    free = free_space(dest) if free_bytes is None else free_bytes
-    return DownloadPlan(files, dest, done, partial, fetch, extra_bytes, free)
-
-
-def check_space(plan: DownloadPlan, margin: float = 0.02) -> None:
-    """Raise InsufficientSpace (naming sizes and fixes) unless the plan fits with a small margin."""
-    need = int(plan.needed_bytes * (1 + margin))
-    if need > plan.free_bytes:
-        raise InsufficientSpace(
-            f"not enough disk at {plan.dest}: need {human(need)} ({human(plan.fetch_bytes)} to download + "
-            f"{human(plan.extra_bytes)} of output), {human(plan.free_bytes)} free. Free space, point "
-            "--download-dir / the output at a larger disk, or take fewer shards (--shards / --limit)"
-        )
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n} B"
 
 
 # ---------------------------------------------------------------- verified, resumable download

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from sgt_data import download_plan as dp
 from sgt_data import hub_download as hd
 from tests.support import hub_repo, olah, proxy
 
@@ -76,7 +80,7 @@ def test_rerun_resumes_the_partial_file_left_by_a_failed_run(server, link, tmp_p
     with pytest.raises(hd.DownloadError, match="rerun the same command to resume"):
         hd.download_all(listing, big, tmp_path, progress=False, retries=0)
     assert hd.partial_path(tmp_path, BIG).stat().st_size == 1_000_000
-    plan = hd.make_plan(big, tmp_path, free_bytes=10**12)
+    plan = dp.make_plan(big, tmp_path, free_bytes=10**12)
     assert (plan.partial_bytes, plan.fetch_bytes) == (1_000_000, 5_000_000)
     hd.download_all(listing, big, tmp_path, progress=False, retries=0)
     assert link.requests_for(BIG)[-1].range == "bytes=1000000-"
@@ -119,13 +123,13 @@ def test_file_altered_on_the_server_fails_naming_it(tmp_path):
 
 def test_plan_fails_when_disk_is_too_small(server, tmp_path, monkeypatch):
     listing = _listing(server[0].url)
-    monkeypatch.setenv(hd.FREE_BYTES_ENV, "1000000")
-    plan = hd.make_plan(listing.files, tmp_path, extra_bytes=6_000_000)
+    monkeypatch.setenv(dp.FREE_BYTES_ENV, "1000000")
+    plan = dp.make_plan(listing.files, tmp_path, extra_bytes=6_000_000)
     assert plan.free_bytes == 1_000_000 and plan.fetch_bytes == sum(f.size for f in listing.files)
-    with pytest.raises(hd.InsufficientSpace, match="not enough disk") as err:
-        hd.check_space(plan)
+    with pytest.raises(dp.InsufficientSpace, match="not enough disk") as err:
+        dp.check_space(plan)
     assert "--shards" in str(err.value)
-    hd.check_space(hd.make_plan(listing.files, tmp_path, free_bytes=10**9))
+    dp.check_space(dp.make_plan(listing.files, tmp_path, free_bytes=10**9))
 
 
 def test_http_errors_name_the_file_and_do_not_retry(server, tmp_path):
@@ -142,3 +146,49 @@ def test_listing_errors_are_actionable_and_never_show_the_token(server):
     with pytest.raises(hd.DownloadError) as err:
         hd.list_repo(server[0].url, "org/does-not-exist", token=token)
     assert "org/does-not-exist" in str(err.value) and token not in str(err.value)
+
+
+def _serve(handler) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_token_goes_to_the_hub_but_never_to_the_host_it_redirects_to(tmp_path):
+    body = b"cdn bytes" * 50
+    seen: dict[str, str | None] = {}
+
+    class Cdn(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen["cdn"] = self.headers.get("Authorization")
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    cdn = _serve(Cdn)
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen["hub"] = self.headers.get("Authorization")
+            self.send_response(302)  # like the Hub sending LFS downloads to its CDN (another host)
+            self.send_header("Location", f"http://localhost:{cdn.server_address[1]}/blob")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hub = _serve(Hub)
+    try:
+        f = hd.RemoteFile("x.tar", len(body), sha256=hashlib.sha256(body).hexdigest())
+        url = f"http://127.0.0.1:{hub.server_address[1]}/datasets/o/r/resolve/abc/x.tar"
+        hd.download_file(url, tmp_path, f, headers={"Authorization": "Bearer hf_secret000000000000"})
+    finally:
+        hub.shutdown()
+        cdn.shutdown()
+    assert seen == {"hub": "Bearer hf_secret000000000000", "cdn": None}
+    assert (tmp_path / "x.tar").read_bytes() == body

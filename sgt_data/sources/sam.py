@@ -75,7 +75,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def run(args) -> int:
-    from sgt_data.hub_download import DownloadError, InsufficientSpace
+    from sgt_data.download_plan import InsufficientSpace
+    from sgt_data.hub_download import DownloadError
     from sgt_data.sources.sam_layout import LayoutError
 
     started = time.time()
@@ -97,7 +98,7 @@ def run(args) -> int:
 
 
 def _from_hub(args, spec: SamSpec, out: Path, started: float) -> int:
-    from sgt_data import hub, hub_download
+    from sgt_data import download_plan, hub, hub_download
     from sgt_data.sources.sam_layout import discover_layout, select
 
     endpoint = hub.resolve_endpoint(args.endpoint, args.mirror)
@@ -111,9 +112,9 @@ def _from_hub(args, spec: SamSpec, out: Path, started: float) -> int:
     files = [by_path[p] for i in todo for p in layout.shards[i]] + [by_path[p] for p in layout.file_lists]
     dest = Path(args.download_dir) if args.download_dir else out / ".download"
     tar_bytes = sum(f.size for f in files if f.path.endswith(".tar"))
-    plan = hub_download.make_plan(files, dest, extra_bytes=tar_bytes)  # shards hold the images as they are
+    plan = download_plan.make_plan(files, dest, extra_bytes=tar_bytes)  # shards hold the images as they are
     _print_plan(where, indices, todo, plan)
-    hub_download.check_space(plan)
+    download_plan.check_space(plan)
     if args.plan:
         return 0
     hub_download.download_all(listing, files, dest, token, spec.download_workers, spec.retries,
@@ -139,7 +140,7 @@ def _built_shards(out: Path, indices: list[int]) -> int:
 
 
 def _print_plan(where: str, indices: list[int], todo: list[int], plan) -> None:
-    from sgt_data.hub_download import human
+    from sgt_data.download_plan import human
 
     print(
         f"build sam: {where}: {len(indices)} tar shard(s) selected, {len(indices) - len(todo)} already built"
