@@ -58,19 +58,18 @@ def build_empty(cfg: BagelConfig) -> Bagel:
 def init_random(model: Bagel, seed: int = 0, device="cpu", dtype=torch.float32) -> Bagel:
     """Materialise a meta model with random weights (Linear N(0, 0.02), norms 1, biases 0; llm2vae 0 as upstream)."""
     model.to_empty(device=device)
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    # CPU generator for small models (reproducible everywhere); on-device draws for big ones (fast)
+    gen_dev = "cpu" if sum(p.numel() for p in model.parameters()) < 50_000_000 else device
+    g = torch.Generator(device=gen_dev).manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                val = torch.zeros(p.shape)
-            elif p.ndim == 1:
-                val = torch.ones(p.shape)
-            else:
-                val = torch.randn(p.shape, generator=g) * 0.02
-            if name.startswith("llm2vae."):
-                val.zero_()
-            p.copy_(val.to(dtype))
         model.to(dtype)
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or name.startswith("llm2vae."):
+                p.zero_()
+            elif p.ndim == 1:
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g, device=gen_dev) * 0.02)
     model.reset_fixed_buffers(device)
     return model
 

@@ -78,6 +78,11 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
 class MoTAttention(nn.Module):
     """Per-expert Q/K/V/O with QK-norm (before RoPE); one joint attention over all tokens."""
 
@@ -104,7 +109,9 @@ class MoTAttention(nn.Module):
         qu, ku, vu = self._qkv(hu, "")
         qg, kg, vg = self._qkv(hg, "_moe_gen")
         q, k, v = torch.cat([qu, qg]), torch.cat([ku, kg]), torch.cat([vu, vg])
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        dt = _compute_dtype(v)  # fp32 norm weights promote q/k under autocast: attend in the autocast dtype
+        return q.to(dt), k.to(dt), v.to(dt)
 
     def out(self, a, nu: int):
         a = a.reshape(a.shape[0], -1)
