@@ -102,6 +102,15 @@ def test_rerun_resumes_and_redone_shard_is_identical(built):
     assert _shard_bytes(built) == before
 
 
+def test_plan_alone_fetches_nothing_and_the_build_reuses_it(tmp_path, capsys):
+    out = tmp_path / "planned"
+    assert _build(out, "--plan", "--set", "rows_per_shard=100") == 0
+    assert "total 22 rows" in capsys.readouterr().err
+    plan = json.loads((out / "plan" / "plan.json").read_text())
+    assert len(plan["shards"]) == 5 and not shards.list_shards(out)  # one shard per config, nothing fetched
+    assert _build(out, "--total", "3") == 2  # a different request is refused, not mixed in
+
+
 def test_different_request_on_same_output_is_refused(built, capsys):
     assert _build(built, "--total", "11") == 2
     assert "different request" in capsys.readouterr().err
