@@ -16,7 +16,7 @@ from numba import njit
 from sgt_data.errors import BadAnnotations, BadImage, BadTarget
 from sgt_data.proxies.image import DEFAULT_MAX_PIXELS, Batch, check_complete, header_size, map_ok_rows
 from sgt_data.proxies.prompts import key_seed
-from sgt_data.proxies.rle import paint_annotations
+from sgt_data.proxies.rle import paint_annotations, warm_up
 
 MIN_BRIGHTNESS = 48  # a label colour's brightest channel is at least this, so it never reads as unlabelled
 
@@ -122,8 +122,8 @@ class SegTarget:
 
     def setup(self) -> None:
         """Load (or compile once per machine) the numba kernels before the first real sample."""
-        labels = paint_annotations([{"id": 0, "size": [2, 2], "counts": "0200"}], 2, 2)
-        render_bgr(labels, make_palette(1, "warm-up", self.seed))
+        warm_up()
+        render_bgr(np.ones((2, 2), np.uint16), make_palette(1, "warm-up", self.seed))
 
     def _row(self, batch: Batch, i: int) -> dict[str, Any]:
         height, width = _image_size(batch, i)
