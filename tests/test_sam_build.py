@@ -153,3 +153,25 @@ def test_from_disk_sam_tars(hub, tmp_path, ray_session):
     out = tmp_path / "disk"
     assert cli.main(["build", "sam", "--from", str(folder), "--output", str(out), "--no-progress"]) == 0
     assert shards.read_manifest(out)["counts"] == {"ok": 8, "unsafe_member": 4}
+
+
+def test_from_raw_sa1b_tar_reports_unsafe_members(tmp_path, ray_session):
+    if not any(EXAMPLES.glob("sa_*.jpg")):
+        pytest.skip("examples/sa1b not built")
+    tar_path = tmp_path / "sa_000000.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for p in sorted(EXAMPLES.glob("sa_[12].*")):
+            tar.add(p, arcname=p.name)
+    sam_tars.add_members(tar_path, {"sa_9.jpg": ("symlink", "/etc/shadow"), "../sa_8.json": ("file", b"{}")})
+    out = tmp_path / "raw-tar"
+    assert cli.main(["build", "sam", "--from", str(tar_path), "--output", str(out), "--no-progress"]) == 0
+    manifest = shards.read_manifest(out)
+    assert {m["name"] for m in manifest["rejected_members"]} == {"sa_9.jpg", "../sa_8.json"}
+    assert manifest["counts"].get("ok") == 2
+
+
+def test_from_a_single_sam_tar_file(hub, tmp_path, ray_session):
+    out = tmp_path / "one"
+    tar_path = hub[1]["sam_selection/sam_selection-00002.tar"]
+    assert cli.main(["build", "sam", "--from", str(tar_path), "--output", str(out), "--no-progress"]) == 0
+    assert shards.read_manifest(out)["counts"] == {"ok": 4}

@@ -164,20 +164,20 @@ def _from_disk(args, spec: SamSpec, out: Path, started: float) -> int:
     root = Path(args.from_path)
     if not root.exists():
         raise FileNotFoundError(f"--from {root}: no such file or folder")
-    if root.is_dir():
-        rel = [p.relative_to(root).as_posix() for p in root.rglob("*.tar")]
-        try:
-            layout = discover_layout(rel, str(root))
-        except LayoutError:
-            layout = None
-        if layout is not None:
-            indices = select(layout, args.shards, args.limit)
-            todo = [i for i in indices if not _index_complete(out, i)]
-            tars = {i: [root / p for p in layout.shards[i]] for i in todo}
-            inputs = [{"path": str(t)} for ts in tars.values() for t in ts]
-            return _ingest_tars(
-                args, spec, out, tars, indices, started, source={"path": str(root)}, inputs=inputs
-            )
+    base = root if root.is_dir() else root.parent
+    rel = [p.relative_to(base).as_posix() for p in (root.rglob("*.tar") if root.is_dir() else [root])]
+    try:
+        layout = discover_layout(rel, str(root))
+    except LayoutError:
+        layout = None  # not SAM-SGT: read it as raw SA-1B below
+    if layout is not None:
+        indices = select(layout, args.shards, args.limit)
+        todo = [i for i in indices if not _index_complete(out, i)]
+        tars = {i: [base / p for p in layout.shards[i]] for i in todo}
+        inputs = [{"path": str(t)} for ts in tars.values() for t in ts]
+        return _ingest_tars(
+            args, spec, out, tars, indices, started, source={"path": str(root)}, inputs=inputs
+        )
     return _ingest_sa1b(args, spec, out, root, started)
 
 
