@@ -267,3 +267,39 @@ def test_vqa_round_trip_per_category_config(tmp_path: Path, hub: FakeHub):
     assert tables["all"].to_pylist() == local_table(folder).to_pylist()
     assert features["all"]["image"] == "Image" and features["all"]["conversations"] == "List"
     assert tables["math_reasoning"].column("key").to_pylist() == ["q1", "q3"]
+
+
+PEAK = (
+    "import re, sys\nfrom sgt_data.cli import main\nrc = main(sys.argv[1:])\n"
+    "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+    "print(f'PEAK_KB {hwm}', file=sys.stderr)\nsys.exit(rc)\n"
+)
+
+
+def push_peak_mb(folder: Path, hub: FakeHub) -> float:
+    """Peak resident memory (VmHWM, reset at exec) of one `sgt-data push` process, in MiB."""
+    argv = [sys.executable, "-c", PEAK, "push", str(folder), "--repo-id", f"{REPO_ID}-{folder.name}"]
+    argv += ["--endpoint", hub.url, "--threads", "2"]
+    proc = subprocess.run(argv, env=_env(folder.parent, hub), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stderr.rsplit("PEAK_KB ", 1)[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for peak memory")
+def test_memory_does_not_grow_with_shard_bytes(tmp_path: Path, hub: FakeHub):
+    def folder(name: str, shard_mb: int, count: int) -> Path:
+        out = tmp_path / name
+        for i in range(count):
+            rows = {
+                "key": [f"k{i}"],
+                "source": ["sa1b"],
+                "image": [os.urandom(shard_mb << 20)],
+                "status": ["ok"],
+            }
+            shards.finish_shard(out, i, shards.to_table(rows, shards.sample_columns(())))
+        shards.write_manifest(out, kind="proxies", levels=[])
+        return out
+
+    small = push_peak_mb(folder("small", 1, 1), hub)
+    big = push_peak_mb(folder("big", 64, 2), hub)  # 128 MiB of incompressible shards
+    assert big - small < 48, f"peak {big:.0f} MiB vs {small:.0f} MiB for a tiny push: shard bytes are held"
