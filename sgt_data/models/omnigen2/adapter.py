@@ -102,9 +102,8 @@ class OmniGen2Adapter:
         return micro_batches(samples, int(cfg.options.get("micro_batch", 2)))
 
     def losses(self, model: Any, batch: dict) -> dict[str, Any]:
-        from .training import losses
-
-        return losses(model, batch)
+        # through __call__ (OmniGen2.forward) so DDP / FSDP wrappers run their forward hooks
+        return model(batch)
 
     def save_pretrained(self, model: Any, dest: str) -> None:
         from .model import save_pretrained

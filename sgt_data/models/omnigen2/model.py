@@ -21,7 +21,8 @@ from .transformer import OmniGen2Transformer
 
 
 class OmniGen2(nn.Module):
-    """DiT + MLLM + VAE. `forward` is not used: the adapter calls the parts (see training.py / inference.py)."""
+    """DiT + MLLM + VAE. `forward(batch)` returns the training loss sums of one micro-batch (training.py), so a
+    DDP / FSDP wrapper around this module sees a normal forward; inference calls the parts (inference.py)."""
 
     def __init__(self, transformer, mllm, vae, tokenizer, image_processor, scheduler_config: dict) -> None:
         super().__init__()
@@ -36,6 +37,11 @@ class OmniGen2(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        from .training import losses
+
+        return losses(self, batch)
 
     def train(self, mode: bool = True) -> OmniGen2:
         super().train(mode)
