@@ -15,9 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from sgt_data import shards
-from sgt_data.sources.llava_ov_io import FileRef, LocalSource, read_row_group
-from sgt_data.sources.llava_ov_rows import READ_COLUMNS, CheckVqa, chunk_from_table, payload_bytes
+# pyarrow-backed modules are imported inside functions: `--help` stays instant.
 
 
 def add_arguments(parser) -> None:
@@ -75,6 +73,8 @@ class ShardReader:
 
     def __call__(self, task) -> Iterator[dict[str, list]]:
         from sgt_data.sources.llava_ov_cache import load_footer, write_fetch_record
+        from sgt_data.sources.llava_ov_io import FileRef, read_row_group
+        from sgt_data.sources.llava_ov_rows import READ_COLUMNS, chunk_from_table, payload_bytes
 
         inp = task.inputs
         counter = self.source.counter
@@ -99,10 +99,11 @@ class ShardReader:
 
 def make_source(args, spec):
     """`--source PATH` or the Hub at the resolved endpoint (explicit, never a module default)."""
+    from sgt_data import hub
+    from sgt_data.sources.llava_ov_io import HubSource, LocalSource
+
     if args.source:
         return LocalSource(args.source)
-    from sgt_data import hub
-    from sgt_data.sources.llava_ov_io import HubSource
 
     endpoint = hub.resolve_endpoint(args.endpoint, args.mirror)
     return HubSource(
@@ -111,12 +112,13 @@ def make_source(args, spec):
 
 
 def run(args) -> int:
-    from sgt_data import runner
+    from sgt_data import runner, shards
     from sgt_data.config import ConfigError
     from sgt_data.hub_download import DownloadError
     from sgt_data.sources import llava_ov_cache as cache
     from sgt_data.sources.llava_ov_plan import PlanError
     from sgt_data.sources.llava_ov_report import format_plan, format_report, manifest_fields
+    from sgt_data.sources.llava_ov_rows import CheckVqa
     from sgt_data.specs import resolve
 
     out = Path(args.output)
