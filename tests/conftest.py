@@ -24,6 +24,10 @@ def ray_session():
 
     import ray
 
+    # Workers must import test modules too (readers and steps defined in a test are pickled by reference).
+    tests_dir = str(Path(__file__).resolve().parent)
+    paths = [tests_dir, str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
