@@ -10,6 +10,9 @@ DEMO_OUT ?= demo-out
 TORCH_PIN ?= torch==2.13.0
 PIP_FILTER := { grep -v "is ignored" || true; }
 
+OLAH_VENV ?= .venv-olah
+OLAH_STAMP := $(OLAH_VENV)/.installed-stamp
+
 .PHONY: demo test test-unit test-gpu lint format bench clean
 
 $(STAMP): pyproject.toml
@@ -18,11 +21,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)" -e ".[train,dev]" 2>&1 | $(PIP_FILTER)
 	touch $(STAMP)
 
+# olah (the local Hub-compatible server the download tests run against) lives in its own venv: its
+# dependencies would move packages our venv pins.
+$(OLAH_STAMP):
+	test -x $(OLAH_VENV)/bin/python || $(PYTHON) -m venv $(OLAH_VENV)
+	$(OLAH_VENV)/bin/python -m pip install -q "olah==0.5.4" 2>&1 | $(PIP_FILTER)
+	touch $(OLAH_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/sgt-data build proxies --input examples/sa1b --output $(DEMO_OUT)/proxies
 	$(BIN)/sgt-data show $(DEMO_OUT)/proxies --out $(DEMO_OUT)/contact_sheet.png
+	$(BIN)/sgt-data build llava-ov --source examples/llava_ov --pipeline llava_ov_sample --output $(DEMO_OUT)/vqa
 
-test: $(STAMP)
+test: $(STAMP) $(OLAH_STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 test-unit: $(STAMP)
