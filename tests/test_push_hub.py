@@ -303,3 +303,31 @@ def test_memory_does_not_grow_with_shard_bytes(tmp_path: Path, hub: FakeHub):
     small = push_peak_mb(folder("small", 1, 1), hub)
     big = push_peak_mb(folder("big", 64, 2), hub)  # 128 MiB of incompressible shards
     assert big - small < 48, f"peak {big:.0f} MiB vs {small:.0f} MiB for a tiny push: shard bytes are held"
+
+
+def test_build_validate_push_load(tmp_path: Path, hub: FakeHub, sa1b_sample: Path):
+    """The user's path: `build proxies` on the bundled sample, then push, then `load_dataset` the seg config."""
+    out = tmp_path / "proxies"
+    argv = [
+        str(CLI),
+        "build",
+        "proxies",
+        "--level",
+        "seg,edge",
+        "--input",
+        str(sa1b_sample),
+        "--output",
+        str(out),
+    ]
+    build = subprocess.run(
+        argv + ["--executor", "local", "--no-progress"], capture_output=True, text=True, timeout=300
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert subprocess.run([str(CLI), "validate", str(out)], capture_output=True, timeout=120).returncode == 0
+    proc = run_push(out, hub)
+    assert proc.returncode == 0, proc.stderr
+    card = remote_files(hub)["README.md"].content.decode()
+    assert "sgt-data build proxies --level seg,edge" in card and "| `ok` | 8 |" in card
+    tables, features = load_back(tmp_path, hub, "seg")
+    assert tables["seg"].num_rows == 8 and features["seg"]["seg"] == "Image"
+    assert tables["seg"].column("seg").to_pylist() == local_table(out).column("seg").to_pylist()
