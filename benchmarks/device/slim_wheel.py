@@ -14,7 +14,14 @@ import sys
 import zipfile
 from pathlib import Path
 
-DEFAULT_DROP = ["ray/jars/*", "*.map", "ray/dashboard/client/build/*", "ray/rllib/*", "ray/tune/*", "ray/train/*"]
+DEFAULT_DROP = [
+    "ray/jars/*",
+    "*.map",
+    "ray/dashboard/client/build/*",
+    "ray/rllib/*",
+    "ray/tune/*",
+    "ray/train/*",
+]
 
 
 def _record_line(name: str, data: bytes) -> str:
@@ -26,7 +33,10 @@ def slim(src: Path, out_dir: Path, drop: list[str]) -> Path:
     """Write `out_dir/<same name>` without members matching `drop`; returns its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     dst = out_dir / src.name
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zout:
+    with (
+        zipfile.ZipFile(src) as zin,
+        zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zout,
+    ):
         record_name = next(n for n in zin.namelist() if n.endswith(".dist-info/RECORD"))
         lines = []
         for info in zin.infolist():
