@@ -113,6 +113,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--ema", type=int, default=1)
     ap.add_argument("--vae", default="cached", choices=["cached", "encode"])
     ap.add_argument("--attn", default="flex", choices=["flex", "sdpa"])
+    ap.add_argument("--compile", type=int, default=0, help="fuse RMSNorm/RoPE with torch.compile")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -126,6 +127,10 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     model = init_random(build_empty(cfg), device=dev, dtype=torch.float32)
     model.attn_backend = args.attn
+    if args.compile:
+        from sgt_data.models.bagel.modeling import compile_pointwise
+
+        compile_pointwise()
     model.set_gradient_checkpointing(llm=bool(args.ckpt_llm), vit=bool(args.ckpt_vit))
     model.train()
     n_params = sum(p.numel() for p in model.parameters())

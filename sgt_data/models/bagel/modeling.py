@@ -22,6 +22,27 @@ from .config import BagelConfig
 # ----------------------------------------------------------------------------------------------------- LLM
 
 
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
+
+
+_KERNELS = {"rms": _rms_norm, "rope": _rope}
+
+
+def compile_pointwise() -> None:
+    """GPU speed-up: fuse RMSNorm and RoPE (a handful of elementwise kernels each) with torch.compile."""
+    _KERNELS["rms"] = torch.compile(_rms_norm, dynamic=True)
+    _KERNELS["rope"] = torch.compile(_rope, dynamic=True)
+
+
 class RMSNorm(nn.Module):
     """Qwen2 RMSNorm: normalise in fp32, scale by the weight after casting back."""
 
@@ -31,10 +52,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return _KERNELS["rms"](x, self.weight, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -57,14 +75,9 @@ class RotaryEmbedding(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def _rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [L, H, D], cos/sin [L, D]."""
-    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+    """x [L, H, D], cos/sin [L, D] (rotate-half convention, as Qwen2)."""
+    return _KERNELS["rope"](x, cos, sin)
 
 
 class MLP(nn.Module):
