@@ -231,7 +231,8 @@ def test_decode_guards() -> None:
             "PNG is truncated",
         ),
         "garbage": (b"not an image at all", "image header unreadable"),
-        "corrupt_body": (good[:200] + bytes(len(good) - 200), "corrupt"),
+        "corrupt_body": (good[:200] + bytes(len(good) - 202) + b"\xff\xd9", "cv2 cannot decode"),
+        "header_only": (good[:200] + bytes(len(good) - 200), "JPEG is truncated"),
         "empty": (b"", "empty or missing"),
     }
     batch = {"key": list(cases), "status": ["ok"] * len(cases), "error": [None] * len(cases)}
@@ -267,6 +268,16 @@ def test_embedded_thumbnail_neither_fools_the_size_nor_the_truncation_check() ->
     assert decode_image(data).shape == (40, 50, 3)
     with pytest.raises(BadImage, match="JPEG is truncated"):
         decode_image(data[: len(data) - 100])
+
+
+def test_exif_orientation_is_ignored_so_masks_keep_the_stored_grid() -> None:
+    img = np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    plain = jpeg(img)
+    tiff = b"MM\x00*" + struct.pack(">IH", 8, 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + bytes(4)
+    payload = b"Exif\x00\x00" + tiff  # one IFD entry: Orientation = 6 (rotate 90 degrees)
+    rotated = plain[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + plain[2:]
+    assert cv2.imdecode(np.frombuffer(rotated, np.uint8), cv2.IMREAD_COLOR).shape == (60, 40, 3)
+    np.testing.assert_array_equal(decode_image(rotated), decode_image(plain))
 
 
 def test_wrapper_keeps_rows_and_isolates_failures() -> None:

@@ -64,9 +64,9 @@ def map_ok_rows(batch: Batch, fn: Callable[[Batch, int], dict[str, Any]], output
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT/JPG/DAC)
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first SOF segment, walking marker segments; None if not found."""
-    p = 2
+def _jpeg_header(data: bytes) -> tuple[int, int, bool] | None:
+    """(width, height, has_exif) from the marker segments before the first SOF; None if there is no SOF."""
+    p, exif = 2, False
     while p + 9 < len(data):
         if data[p] != 0xFF:
             return None
@@ -79,10 +79,11 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
                 int.from_bytes(data[p + 5 : p + 7], "big"),
                 int.from_bytes(data[p + 7 : p + 9], "big"),
             )
-            return (width, height) if width and height else None
+            return (width, height, exif) if width and height else None
         if marker == 0xD8 or 0xD0 <= marker <= 0xD7:  # segments without a length
             p += 2
             continue
+        exif = exif or (marker == 0xE1 and data[p + 4 : p + 10] == b"Exif\x00\x00")
         p += 2 + int.from_bytes(data[p + 2 : p + 4], "big")
     return None
 
@@ -96,9 +97,9 @@ def header_size(data: bytes) -> tuple[int, int]:
     if data.startswith(_PNG_SIG) and len(data) >= 24 and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if data.startswith(_JPEG_SOI):
-        size = _jpeg_size(data)
-        if size is not None:
-            return size
+        header = _jpeg_header(data)
+        if header is not None:
+            return header[0], header[1]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -122,7 +123,9 @@ def check_complete(data: bytes) -> None:
     if data.startswith(_JPEG_SOI):
         # Entropy-coded data cannot contain FFD9/FFDA (0xFF is byte-stuffed), so the last scan must be
         # followed by an EOI marker; an EXIF thumbnail's EOI sits before the first scan and does not count.
-        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        # Searching from the end keeps this ~microseconds: the last EOI is normally the last two bytes.
+        eoi = data.rfind(b"\xff\xd9")
+        if eoi < 0 or data.find(b"\xff\xda", eoi) >= 0:
             raise BadImage(
                 f"JPEG is truncated: no end-of-image marker after the last scan ({len(data)} bytes); "
                 "re-download or re-extract the file"
@@ -131,6 +134,19 @@ def check_complete(data: bytes) -> None:
         raise BadImage(
             f"PNG is truncated: no IEND chunk at the end ({len(data)} bytes); re-download the file"
         )
+
+
+def _imread_flags(data: bytes) -> int:
+    """IMREAD_COLOR, plus IGNORE_ORIENTATION only where EXIF could rotate the pixels.
+
+    cv2 decodes ~15% slower with IGNORE_ORIENTATION set (measured 27 vs 31 ms at 1500x2250), and a JPEG
+    without an EXIF segment decodes identically either way.
+    """
+    if data.startswith(_JPEG_SOI):
+        header = _jpeg_header(data)
+        if header is not None and not header[2]:
+            return cv2.IMREAD_COLOR
+    return cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 def decode_image(data: bytes | dict | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -149,7 +165,7 @@ def decode_image(data: bytes | dict | None, max_pixels: int = DEFAULT_MAX_PIXELS
             "limit; raise max_pixels if such images are expected"
         )
     check_complete(data)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _imread_flags(data))
     if bgr is None:
         raise BadImage(
             f"cv2 cannot decode the image ({len(data)} bytes, header {width}x{height}); file is corrupt"
