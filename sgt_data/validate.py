@@ -7,8 +7,8 @@ Checks, in the order a user would fix them:
 2. every shard's Arrow schema is the canonical one (column names, types, `datasets` feature metadata) for the
    folder's kind, and all shards agree;
 3. per-shard stats and markers agree with the rows really in the shard, status by status;
-4. the manifest's `rows`, `shards` and `counts` equal the sums over the shards, and the inputs the build counted
-   (`inputs_total`, when recorded) equal the rows out: nothing is lost.
+4. the manifest's `rows`, `shards` and `counts` equal the sums over the shards, the inputs the build counted
+   (`inputs_total`, when recorded) equal the rows out, and no `key` appears twice: nothing lost, nothing doubled.
 
 Problems are *partial* (the build did not finish: rerun it, or push with `--allow-partial`) or *errors* (the folder
 disagrees with itself: rebuild). `validate(folder)` returns a `Report`; `push` calls it before uploading.
@@ -119,6 +119,30 @@ def _schema_problem(name: str, schema, wanted: list[str] | None) -> str | None:
     if meta is None or json.loads(meta) != json.loads(canonical.metadata[b"huggingface"]):
         return f"{name}: missing or wrong `datasets` feature metadata (images would not display); rebuild"
     return None
+
+
+def _check_keys(report: Report, paths: list[Path]) -> None:
+    """Every row's `key` is unique across the folder: a duplicate means an input was processed twice."""
+    import pyarrow.parquet as pq
+
+    seen: dict[str, str] = {}
+    duplicates = []
+    for path in paths:
+        try:
+            keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
+        except Exception:  # noqa: BLE001 - unreadable shards are already reported by _check_shard
+            continue
+        for key in keys:
+            if key in seen:
+                duplicates.append(f"{key!r} in {seen[key]} and {path.name}")
+            seen.setdefault(key, path.name)
+    if duplicates:
+        shown = "; ".join(duplicates[:5]) + (
+            f"; ... {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+        )
+        report.add(
+            ERROR, f"{len(duplicates)} duplicate key(s): {shown}; rebuild (an input was processed twice)"
+        )
 
 
 def _check_shard(report: Report, folder: Path, path: Path, wanted: list[str] | None) -> Counter | None:
@@ -234,6 +258,7 @@ def validate(folder: str | Path) -> Report:
         status = _check_shard(report, folder, path, wanted)
         totals.update(status or {})
     report.counts = dict(sorted(totals.items()))
+    _check_keys(report, report.complete_shards)
     if not files:
         report.add(ERROR, f"{folder} holds no shard-*.parquet files; is it the --output of `sgt-data build`?")
     if report.manifest is not None:

@@ -170,3 +170,15 @@ def test_cli_exit_codes(folder: Path, capsys):
     assert main(["validate", str(folder), "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["partial"] is True and out["shards"] == ["shard-00001.parquet"]
+
+
+def test_duplicate_keys_are_errors(tmp_path: Path):
+    out = tmp_path / "dup"
+    shards.finish_shard(out, 0, shards.to_table(proxy_rows(0, 3), shards.sample_columns(LEVELS)))
+    shards.finish_shard(out, 1, shards.to_table(proxy_rows(2, 3), shards.sample_columns(LEVELS)))
+    shards.write_manifest(out, kind="proxies", levels=list(LEVELS))
+    report = validate(out)
+    assert (
+        report.errors
+        and "1 duplicate key(s): 'sa_2' in shard-00000.parquet and shard-00001.parquet" in _messages(report)
+    )
