@@ -220,7 +220,7 @@ def body_text(
     parts = [f"# {repo_id}\n", _intro(kind, levels), _usage(repo_id, configs), _counts(manifest)]
     if kind == "proxies":
         parts.append(_prompts(levels))
-    parts += [f"## Licence\n\n{LICENCES[kind]}\n", _provenance(manifest, push_command)]
+    parts += [f"## Licence\n\n{LICENCES[kind]}\n", _sources(manifest), _provenance(manifest, push_command)]
     parts.append(f"## Citation\n\n```bibtex\n{CITATION}\n```\n")
     return "\n".join(p for p in parts if p)
 
@@ -284,6 +284,23 @@ def _prompts(levels: list[str]) -> str:
             f"<details><summary><code>{level}</code> ({len(TEMPLATES.get(level, ()))})</summary>\n\n{items}\n</details>\n"
         )
     return "\n".join(out)
+
+
+def _sources(manifest: dict) -> str:
+    """Per-source table of a VQA build (`configs` in its manifest): whose licence applies to which rows."""
+    configs = manifest.get("configs")
+    if not isinstance(configs, dict) or not configs:
+        return ""
+    lines = [
+        "Source configs in this dataset (each under its own licence):\n",
+        "| source | category | rows |",
+        "|---|---|---|",
+    ]
+    for name, info in sorted(configs.items()):
+        info = info if isinstance(info, dict) else {}
+        rows = sum((info.get("counts") or {}).values())
+        lines.append(f"| `{name}` | {info.get('category', '')} | {rows} |")
+    return "\n".join(lines) + "\n"
 
 
 def _provenance(manifest: dict, push_command) -> str:

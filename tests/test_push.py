@@ -81,6 +81,7 @@ def test_card_requires_counts_and_tolerates_missing_optional(built: Path):
 def test_card_vqa_configs_per_category():
     schema = shards.schema_for(shards.VQA_COLUMNS)
     manifest = {"counts": {"ok": 5}, "rows": 5, "shards": 1, "kind": "vqa"}
+    manifest["configs"] = {"geo170k(qa)": {"category": "Math_Reasoning", "counts": {"ok": 2}}, "odd": "not a dict"}
     text = card.render_card(
         manifest,
         repo_id="o/vqa",
@@ -93,6 +94,7 @@ def test_card_vqa_configs_per_category():
     assert set(cfgs) == {"all", "general_vqa", "doc_chart_screen"}
     assert cfgs["doc_chart_screen"]["filters"] == [["category", "==", "Doc/Chart/Screen"]]
     assert meta["task_categories"] == ["visual-question-answering"] and "LLaVA-OneVision" in text
+    assert "| `geo170k(qa)` | Math_Reasoning | 2 |" in text and "| `odd` |  | 0 |" in text
     conv = next(f for f in meta["dataset_info"][0]["features"] if f["name"] == "conversations")
     assert [x["name"] for x in conv["list"]] == ["from", "value"]
 
