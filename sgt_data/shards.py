@@ -153,8 +153,13 @@ def write_table_atomic(table: pa.Table, path: Path, row_group_size: int = 64) ->
     """Write to a temp name in the same folder, fsync, then rename: readers never see a partial shard."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    # Small row groups keep image shards streamable and make row-group reads cheap.
-    pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd", write_statistics=False)
+    # Small row groups keep image shards streamable and make row-group reads cheap. Image bytes are already
+    # JPEG/PNG-compressed: zstd on them costs CPU for nothing, so only the other columns are compressed.
+    compression = {
+        name: ("none" if table.schema.field(name).type == IMAGE_TYPE else "zstd")
+        for name in table.schema.names
+    }
+    pq.write_table(table, tmp, row_group_size=row_group_size, compression=compression, write_statistics=False)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

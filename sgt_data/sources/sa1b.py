@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sgt_data.errors import BadAnnotations, MissingPartner, SampleError
+from sgt_data.errors import BadAnnotations, MissingPartner, SampleError, UnsafeMember
 
 SA1B_NAME = re.compile(r"^(?P<key>sa_[^/]+?)\.(?P<ext>jpg|jpeg|json)$", re.IGNORECASE)
 
@@ -41,6 +41,8 @@ class Sa1bSample:
     key: str
     image: MemberRef | None
     annotations: MemberRef | None
+    problem: str | None = None
+    """Set for a tar member that was rejected unread (link, device, absolute or `..` path): an error row."""
 
 
 def _pair(found: dict[str, dict[str, MemberRef]]) -> list[Sa1bSample]:
@@ -58,16 +60,22 @@ def scan_folder(folder: Path) -> list[Sa1bSample]:
 
 
 def scan_tar(tar_path: Path) -> list[Sa1bSample]:
-    """List a (non-compressed) tar's SA-1B members with their data offsets; links and odd members are skipped."""
+    """A (non-compressed) tar's SA-1B members with their data offsets; unsafe members become error samples."""
+    from sgt_data.sources.tar_safe import scan  # tar_safe builds on MemberRef defined here
+
+    members, rejected = scan(tar_path)
     found: dict[str, dict[str, MemberRef]] = {}
-    with tarfile.open(tar_path, "r:") as tar:
-        for member in tar:
-            m = SA1B_NAME.match(Path(member.name).name)
-            if not m or not member.isreg():
-                continue
+    for member in members:
+        m = SA1B_NAME.match(Path(member.name).name)
+        if m:
             kind = "json" if m["ext"].lower() == "json" else "image"
-            found.setdefault(m["key"], {})[kind] = MemberRef(str(tar_path), member.offset_data, member.size)
-    return _pair(found)
+            found.setdefault(m["key"], {})[kind] = member.ref
+    samples = _pair(found)
+    for bad in rejected:
+        m = SA1B_NAME.match(Path(bad.name).name)
+        key = f"{m['key']}.{m['ext']}" if m else bad.name  # never merged with a safe sample of the same key
+        samples.append(Sa1bSample(key, None, None, problem=bad.message()))
+    return samples
 
 
 def discover(path: str | Path) -> list[Sa1bSample]:
@@ -125,10 +133,11 @@ def parse_annotations(raw: bytes, key: str) -> tuple[list[dict], int | None, int
 
 def sample_row(sample: Sa1bSample, source: str = "sa1b") -> dict:
     """One input row: image bytes + parsed annotations, or the sample's error (never raises for bad data)."""
+    ref = sample.image or sample.annotations
     row = {
         "key": sample.key,
         "source": source,
-        "origin": (sample.image or sample.annotations).path,
+        "origin": ref.path if ref else None,
         "image": None,
         "width": None,
         "height": None,
@@ -138,6 +147,8 @@ def sample_row(sample: Sa1bSample, source: str = "sa1b") -> dict:
         "error": None,
     }
     try:
+        if sample.problem:
+            raise UnsafeMember(sample.problem)
         if sample.image is None:
             raise MissingPartner(f"{sample.key}: annotation JSON without its image {sample.key}.jpg")
         row["image"] = sample.image.read()
