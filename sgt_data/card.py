@@ -125,10 +125,10 @@ def build_configs(
                 }
             )
     elif kind == "vqa":
-        for category in sorted(categories):
+        for category, name in category_names(categories).items():
             configs.append(
                 {
-                    "config_name": _config_name(category),
+                    "config_name": name,
                     "data_files": files,
                     "filters": [["category", "==", category]],
                 }
@@ -136,8 +136,19 @@ def build_configs(
     return configs
 
 
-def _config_name(category: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in category.strip().lower()) or "other"
+def category_names(categories: dict[str, int]) -> dict[str, str]:
+    """Category -> config name (lowercase, `_` for other characters), unique and never the reserved `all`."""
+    used, out = {"all"}, {}
+    for category in sorted(categories):
+        base = (
+            "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in category.strip().lower()) or "other"
+        )
+        name, n = base, 2
+        while name in used:
+            name, n = f"{base}_{n}", n + 1
+        used.add(name)
+        out[category] = name
+    return out
 
 
 def dataset_info(schema, configs: list[dict[str, Any]], rows_per_config: dict[str, int]) -> list[dict]:
@@ -204,7 +215,7 @@ def render_card(
     configs = build_configs(kind, columns, data_files, levels, categories)
     rows = {"all": int(manifest["rows"])}
     rows.update({lv: int(manifest["counts"].get("ok", 0)) for lv in levels})
-    rows.update({_config_name(c): n for c, n in categories.items()})
+    rows.update({category_names(categories)[c]: n for c, n in categories.items()})
     meta = header(manifest, kind, configs, dataset_info(schema, configs, rows))
     body = body_text(
         manifest, repo_id=repo_id, kind=kind, configs=configs, levels=levels, push_command=push_command

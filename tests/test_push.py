@@ -81,7 +81,10 @@ def test_card_requires_counts_and_tolerates_missing_optional(built: Path):
 def test_card_vqa_configs_per_category():
     schema = shards.schema_for(shards.VQA_COLUMNS)
     manifest = {"counts": {"ok": 5}, "rows": 5, "shards": 1, "kind": "vqa"}
-    manifest["configs"] = {"geo170k(qa)": {"category": "Math_Reasoning", "counts": {"ok": 2}}, "odd": "not a dict"}
+    manifest["configs"] = {
+        "geo170k(qa)": {"category": "Math_Reasoning", "counts": {"ok": 2}},
+        "odd": "not a dict",
+    }
     text = card.render_card(
         manifest,
         repo_id="o/vqa",
@@ -211,3 +214,8 @@ def test_run_refuses_mirror_and_missing_token(built: Path, monkeypatch, capsys):
     args = parser.parse_args([str(built), "--repo-id", "o/n", "--endpoint", "http://127.0.0.1:9"])
     assert push.run(args) == 1
     assert "no Hub token: set HF_TOKEN" in capsys.readouterr().err
+
+
+def test_category_config_names_are_unique():
+    names = card.category_names({"General VQA": 1, "general_vqa": 2, "all": 3, "": 4})
+    assert sorted(names.values()) == ["all_2", "general_vqa", "general_vqa_2", "other"]
