@@ -6,7 +6,8 @@
   tokens_per_batch    token budget of one packed micro-batch (default 16384)
   timestep_shift      training shift of t (reference 1.0)
   text_cond_dropout   prompt dropout for the generative tasks (SGT 0.1)
-  vit_gen / vae_gen / vit_vqa   [max, min, stride, max_pixels] image transforms (SGT defaults)
+  vit_gen / vae_gen / vit_vqa / vit_und   [max, min, stride, max_pixels] image transforms (SGT defaults;
+                      vit_und is the understanding-inference one, 980/224/14)
   latent_cache        folder for cached VAE posterior moments (the VAE is frozen; encode each target once)
   save_dtype          dtype of the saved ema.safetensors (bfloat16)
 """
@@ -36,7 +37,13 @@ def image_transforms(bcfg, opts: dict) -> dict[str, Resize]:
     """The three image transforms (recipe options or SGT's), capped to what the model's position tables hold."""
     d = BagelProcessor("")
     out = {}
-    for name, default in (("vit_gen", d.vit_gen), ("vae_gen", d.vae_gen), ("vit_vqa", d.vit_vqa)):
+    und = Resize(980, 224, 14, 14 * 14 * 9 * 1024)  # reference inference ViT transform (spec §8.1)
+    for name, default in (
+        ("vit_gen", d.vit_gen),
+        ("vae_gen", d.vae_gen),
+        ("vit_vqa", d.vit_vqa),
+        ("vit_und", und),
+    ):
         r = Resize(*opts[name]) if opts.get(name) else default
         limit = (
             bcfg.vit_max_num_patch_per_side * bcfg.vit.patch_size
@@ -220,7 +227,7 @@ class BagelAdapter:
         core = _unwrap(model)
         ctx = inf.Context(inf.KVCache.for_model(core))
         if image is not None:
-            inf.add_vit_image(core, ctx, core.transforms["vit_vqa"](to_rgb(image)))
+            inf.add_vit_image(core, ctx, core.transforms["vit_und"](to_rgb(image)))
         inf.add_text(core, ctx, core.tokenizer.encode(question, add_special_tokens=False))
         ids = inf.generate_text(core, ctx, max_new_tokens)
         return core.tokenizer.decode(ids, skip_special_tokens=True)
