@@ -165,6 +165,8 @@ GOOD = encode_counts([3, 4, 5])  # 12 pixels: 3x4
         ({"id": 14, "size": [3, 4], "counts": "é"}, "annotation id 14: counts string is not ASCII"),
         ({"id": 15, "size": [3, 4], "counts": [3, 4, 5]}, "annotation id 15: counts is list"),
         ({"id": 16, "size": [3, 4]}, "annotation id 16: no RLE 'size'/'counts'"),
+        ({"id": 19, "size": 12, "counts": GOOD}, "annotation id 19: RLE size 12 != image size [3, 4]"),
+        ("sa_1.json", "annotation is str, not a dict"),
         ({"id": 17, "size": [3, 4], "counts": "o" * 9}, "annotation id 17: count #0 uses more than 7 chars"),
         (
             {"id": 18, "size": [3, 4], "counts": ""},

@@ -99,9 +99,8 @@ def _fill(flat, ends, end_offsets, order):  # pragma: no cover - compiled
         for i in range(a, end_offsets[j + 1]):
             e = ends[i]
             if (i - a) & 1:
-                flat[start:e] = (
-                    label  # slice fill vectorises; an index loop pays wraparound checks (7x slower)
-                )
+                # A slice fill vectorises; an index loop pays numba's wraparound checks (7x slower).
+                flat[start:e] = label
             start = e
 
 
@@ -148,15 +147,17 @@ def parse_counts(counts: str | bytes) -> np.ndarray:
 
 def _counts_bytes(ann: dict[str, Any], height: int, width: int) -> bytes:
     """Check one annotation's RLE size and return its counts as ASCII bytes (BadRLE naming the id)."""
+    if not isinstance(ann, dict):
+        raise BadRLE(f"annotation is {type(ann).__name__}, not a dict with an RLE; check the annotation JSON")
     rle = ann.get("segmentation", ann)  # accept raw SA-1B entries and the flattened form
     ann_id = ann.get("id", "?")
     size = rle.get("size") if isinstance(rle, dict) else None
     counts = rle.get("counts") if isinstance(rle, dict) else None
     if size is None or counts is None:
         raise BadRLE(f"annotation id {ann_id}: no RLE 'size'/'counts'; expected SA-1B compressed COCO RLE")
-    if list(size) != [height, width]:
+    if not isinstance(size, list | tuple) or list(size) != [height, width]:
         raise BadRLE(
-            f"annotation id {ann_id}: RLE size {list(size)} != image size [{height}, {width}] ([h, w]); "
+            f"annotation id {ann_id}: RLE size {size} != image size [{height}, {width}] ([h, w]); "
             "the masks belong to another resolution of this image"
         )
     if isinstance(counts, str):
