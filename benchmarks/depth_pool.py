@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows-per-task", type=int, default=128)
     p.add_argument("--actor-threads", type=int, default=2)
     p.add_argument("--skip-runner", action="store_true", help="skip the runner-as-is phase")
+    p.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs for Ray (default: all)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     if args.tiny:
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     root = str(Path(__file__).resolve().parent.parent)  # Ray workers import sgt_data from this checkout
     os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     results: dict = {"size": args.size, "cuda": cuda, "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-                     "cpus": os.cpu_count(), "batch_size": args.batch_size, "arch": "tiny" if args.tiny else "small"}  # fmt: skip
+                     "cpus": args.cpus, "batch_size": args.batch_size, "arch": "tiny" if args.tiny else "small"}  # fmt: skip
 
     for name, dtype in [("baseline", None)] + ([("baseline_bf16", "bfloat16")] if cuda else []):
         try:
