@@ -211,9 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    ray.init(
-        num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True
-    )
+    gpus = torch.cuda.device_count() if cuda else 0
+    ray.init(num_cpus=args.cpus, num_gpus=gpus, include_dashboard=False, logging_level=logging.WARNING)
     modes = ["pool"] + ([] if args.skip_runner else ["runner"])
     for mode in modes:
         n = args.images if mode == "pool" else max(args.batch_size * 4, args.images // 4)
