@@ -282,7 +282,25 @@ def _push(args, token: str | None) -> int:
     sums = {path: git_blob_oid(data) for path, data in extras.items()}
     pusher.sent += pusher.retry(lambda: pusher.unit(extras, sums, "Update dataset card and manifest"), "card")
     print(f"push: done, {pusher.sent} file(s) sent; {url}")
+    stale = pusher.retry(lambda: stale_shards(api, args.repo_id, data_files), "listing")
+    if stale:
+        print(
+            f"push: note: {len(stale)} shard(s) on the Hub are not in this build and not in the card "
+            f"(e.g. {stale[0]}); if they are leftovers: `hf repos delete-files {args.repo_id} --type dataset PATH...`",
+            file=sys.stderr,
+        )
     return 0
+
+
+def stale_shards(api, repo_id: str, data_files: list[str]) -> list[str]:
+    """Shard files in the remote shard folder(s) that this push did not write (an older, bigger build)."""
+    folders = sorted({p.rpartition("/")[0] for p in data_files})
+    keep, out = set(data_files), []
+    for folder in folders:
+        for entry in api.list_repo_tree(repo_id, path_in_repo=folder or None, repo_type="dataset"):
+            if entry.path.endswith(".parquet") and entry.path not in keep:
+                out.append(entry.path)
+    return sorted(out)
 
 
 def final_files(report, args, data_files: list[str], token: str | None) -> dict[str, bytes]:

@@ -213,6 +213,13 @@ def test_partial_build_is_refused_unless_allowed(tmp_path: Path, hub: FakeHub):
     assert "data/shard-00001.parquet" not in files and "data/shard-00000.parquet" in files
     assert "data/shard-00001.parquet" not in files["README.md"].content.decode()
     assert not hub.repos[("dataset", REPO_ID)].private
+    assert "note:" not in allowed.stderr
+    (folder / "completions" / "shard-00001").write_text('{"rows": 4}')
+    assert run_push(folder, hub).returncode == 0
+    (folder / "completions" / "shard-00001").unlink()  # the remote now holds a shard this build lacks
+    shrunk = run_push(folder, hub, "--allow-partial")
+    assert shrunk.returncode == 0 and "1 shard(s) on the Hub are not in this build" in shrunk.stderr
+    assert "data/shard-00001.parquet" not in remote_files(hub)["README.md"].content.decode()
 
 
 def test_token_never_appears_anywhere(tmp_path: Path, hub: FakeHub):
