@@ -112,7 +112,7 @@ def _setup(recipe: Recipe, adapter: Any) -> dict[str, Any]:
 
     start = 0
     if resume is not None:
-        start = int(ckpt.load(acc, resume, ema)["step"])
+        start = int(ckpt.load(acc, resume, ema, optimizer)["step"])
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
@@ -149,27 +149,35 @@ def _record(
     return record
 
 
-def _export(recipe: Recipe, s: dict[str, Any], adapter: Any, name: str) -> None:
-    """Write the model in the port's official layout to OUTPUT/name (atomic rename; FSDP gathers on rank 0)."""
+def _export_model(recipe: Recipe, s: dict[str, Any], adapter: Any) -> Any:
+    """The model to hand to `save_pretrained` on the main process (None elsewhere).
+
+    Unsharded: the trained module itself. FSDP: the full state dict is gathered to rank 0 (clean parameter names,
+    CPU offload) and loaded strictly into a CPU copy the port builds, so the port's writer never sees FSDP
+    wrappers or shards.
+    """
     acc, model = s["acc"], s["model"]
+    if not s["sharded"]:
+        return acc.unwrap_model(model) if acc.is_main_process else None
+    state = acc.get_state_dict(model)  # collective: every rank takes part
+    if not acc.is_main_process:
+        return None
+    copy = adapter.build(recipe.model, device="cpu", for_training=False)
+    copy.load_state_dict(state, strict=True)
+    return copy
+
+
+def _export(recipe: Recipe, s: dict[str, Any], adapter: Any, name: str) -> None:
+    """Write the model in the port's official layout to OUTPUT/name (written aside, then renamed)."""
     dest = Path(recipe.train.output_dir) / name
     tmp = dest.with_name(f".tmp-{name}")
-    unwrapped = acc.unwrap_model(model)
-    if s["sharded"]:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        gather = FSDP.summon_full_params(model, writeback=False, rank0_only=True, offload_to_cpu=True)
-    else:
-        from contextlib import nullcontext
-
-        gather = nullcontext()
-    with gather:
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            adapter.save_pretrained(unwrapped, str(tmp))
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
-    acc.wait_for_everyone()
+    model = _export_model(recipe, s, adapter)
+    if model is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        adapter.save_pretrained(model, str(tmp))
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    s["acc"].wait_for_everyone()
 
 
 def train(recipe: Recipe, adapter: Any = None) -> Path:
