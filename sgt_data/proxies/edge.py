@@ -21,7 +21,10 @@ from sgt_data.proxies.seg import encode_png
 
 def auto_thresholds(gray: np.ndarray, sigma: float = 0.33) -> tuple[int, int]:
     """Canny thresholds ((1 - sigma) * m, (1 + sigma) * m) around the lower median m of the grey levels."""
-    hist = cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel()
+    # Every other row and column: the median of 1/4 of the pixels is the same threshold heuristic at a quarter of
+    # the histogram cost (the full histogram costs ~20% of Canny itself at SA-1B size).
+    sample = gray[::2, ::2] if gray.size >= 1 << 16 else gray
+    hist = cv2.calcHist([np.ascontiguousarray(sample)], [0], None, [256], [0, 256]).ravel()
     cdf = np.cumsum(hist)
     median = int(np.searchsorted(cdf, (cdf[-1] + 1) // 2))  # lower median: same as np.median for odd counts
     return int(max(0, (1.0 - sigma) * median)), int(min(255, (1.0 + sigma) * median))
