@@ -100,7 +100,8 @@ def test_split_adamw_equals_fp32_adamw_on_cuda():
     torch.manual_seed(0)
     p = torch.nn.Parameter((torch.randn(4096, 33, device="cuda") * 0.02).bfloat16())
     master = p.detach().float().clone().requires_grad_()
-    ref = torch.optim.AdamW([master], lr=5e-6, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
+    # the single-tensor AdamW: the same operation order as SplitAdamW (foreach kernels round differently)
+    ref = torch.optim.AdamW([master], lr=5e-6, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01, foreach=False)
     opt = SplitAdamW([p], lr=5e-6, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
     for _ in range(10):
         g = torch.randn_like(p)

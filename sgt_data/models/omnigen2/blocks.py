@@ -16,6 +16,14 @@ from torch import nn
 from .rope import apply_rope
 
 
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm that casts its weight to the input dtype: under bf16 autocast with fp32 master weights the input is
+    bf16, and a mixed-dtype call would miss torch's fused kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 def timestep_sinusoid(t: torch.Tensor, dim: int = 256, scale: float = 1.0, max_period: float = 10000.0):
     """[cos | sin] embedding of scale·t (diffusers `Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)`).
 
@@ -47,7 +55,7 @@ class TimeCaptionEmbed(nn.Module):
         super().__init__()
         self.timestep_scale = timestep_scale
         self.timestep_embedder = TimestepEmbedder(256, temb_dim)
-        self.caption_embedder = nn.Sequential(nn.RMSNorm(text_dim, eps=eps), nn.Linear(text_dim, hidden))
+        self.caption_embedder = nn.Sequential(RMSNorm(text_dim, eps=eps), nn.Linear(text_dim, hidden))
 
     def forward(
         self, t: torch.Tensor, text: torch.Tensor, dtype: torch.dtype
@@ -97,8 +105,8 @@ class Attention(nn.Module):
         self.to_q = nn.Linear(dim, heads * self.head_dim, bias=False)
         self.to_k = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
         self.to_v = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
-        self.norm_q = nn.RMSNorm(self.head_dim, eps=1e-5)
-        self.norm_k = nn.RMSNorm(self.head_dim, eps=1e-5)
+        self.norm_q = RMSNorm(self.head_dim, eps=1e-5)
+        self.norm_k = RMSNorm(self.head_dim, eps=1e-5)
         self.to_out = nn.ModuleList([nn.Linear(heads * self.head_dim, dim, bias=False)])
 
     def forward(
@@ -132,7 +140,7 @@ class ModulatedNorm(nn.Module):
     def __init__(self, dim: int, temb_dim: int, eps: float) -> None:
         super().__init__()
         self.linear = nn.Linear(temb_dim, 4 * dim)
-        self.norm = nn.RMSNorm(dim, eps=eps)
+        self.norm = RMSNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor):
         scale_msa, gate_msa, scale_mlp, gate_mlp = self.linear(F.silu(temb)).chunk(4, dim=1)
@@ -149,10 +157,10 @@ class Block(nn.Module):
         self.modulation = modulation
         self.attn = Attention(dim, heads, kv_heads)
         self.feed_forward = FeedForward(dim, ffn)
-        self.norm1 = ModulatedNorm(dim, temb_dim, eps) if modulation else nn.RMSNorm(dim, eps=eps)
-        self.ffn_norm1 = nn.RMSNorm(dim, eps=eps)
-        self.norm2 = nn.RMSNorm(dim, eps=eps)
-        self.ffn_norm2 = nn.RMSNorm(dim, eps=eps)
+        self.norm1 = ModulatedNorm(dim, temb_dim, eps) if modulation else RMSNorm(dim, eps=eps)
+        self.ffn_norm1 = RMSNorm(dim, eps=eps)
+        self.norm2 = RMSNorm(dim, eps=eps)
+        self.ffn_norm2 = RMSNorm(dim, eps=eps)
 
     def forward(
         self, x: torch.Tensor, rope, lens: list[int], temb: torch.Tensor | None = None
