@@ -40,18 +40,22 @@ def resolve_adapter(name: str) -> Any:
     return get_adapter(name)
 
 
-def make_accelerator(recipe: Recipe) -> Any:
-    """An Accelerator per `distributed:`; the scheduler steps once per optimizer step whatever the world size."""
+def make_accelerator(recipe: Recipe, adapter: Any = None) -> Any:
+    """An Accelerator per `distributed:`; the scheduler steps once per optimizer step whatever the world size.
+
+    FSDP units are `distributed.fsdp_wrap`, else the adapter's `fsdp_wrap` class names, else a size policy.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin
 
     d = recipe.distributed
     kwargs: dict[str, Any] = {}
     if d.strategy == "fsdp":
+        wrap = list(d.fsdp_wrap or getattr(adapter, "fsdp_wrap", None) or [])
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
             sharding_strategy=d.fsdp_sharding,
-            auto_wrap_policy="transformer_based_wrap" if d.fsdp_wrap else "size_based_wrap",
-            transformer_cls_names_to_wrap=d.fsdp_wrap or None,
+            auto_wrap_policy="transformer_based_wrap" if wrap else "size_based_wrap",
+            transformer_cls_names_to_wrap=wrap or None,
             use_orig_params=True,
             state_dict_type="SHARDED_STATE_DICT",
         )
@@ -83,7 +87,7 @@ def _setup(recipe: Recipe, adapter: Any) -> dict[str, Any]:
     problems = preflight(recipe)
     if problems:
         raise ConfigError("recipe", problems)
-    acc = make_accelerator(recipe)
+    acc = make_accelerator(recipe, adapter)
     counts = recipe.task_counts()
     problems = check_world(counts, acc.num_processes)
     if problems:
