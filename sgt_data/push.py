@@ -58,6 +58,9 @@ def add_arguments(parser) -> None:
         "--retry-wait", type=float, default=2.0, help="first backoff in seconds (doubles, max 120)"
     )
     parser.add_argument("--threads", type=int, default=4, help="parallel LFS uploads within a unit")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds without progress before a request is retried"
+    )
     hub.add_hub_arguments(parser, token_help="Hub token with write access (default: HF_TOKEN or your login)")
 
 
@@ -135,6 +138,21 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int, wait: float, tok
             )
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def install_timeouts(seconds: float) -> None:
+    """Give huggingface_hub's shared HTTP client read/write timeouts (its default is none at all).
+
+    Without them a connection that stalls without being reset (the "bad link" case) blocks a push forever;
+    with them the stalled request times out and is retried. Timeouts bound the silence between bytes, not a
+    whole upload, so slow but moving transfers are not cut. The library's own client keeps its event hooks."""
+    import httpx2
+    from huggingface_hub import get_session, set_client_factory
+
+    template = get_session()
+    hooks, redirects = template.event_hooks, template.follow_redirects
+    timeout = httpx2.Timeout(seconds, connect=min(seconds, 30.0))
+    set_client_factory(lambda: httpx2.Client(event_hooks=hooks, follow_redirects=redirects, timeout=timeout))
 
 
 def check_xet(endpoint: str) -> None:
@@ -270,6 +288,7 @@ def _push(args, token: str | None) -> int:
             f"no Hub token: set {args.token_env} or run `hf auth login` (write access to {args.repo_id})"
         )
     check_xet(endpoint)
+    install_timeouts(args.timeout)
     api = hub.api(endpoint, token)
     pusher = Pusher(args, api, token)
     url = pusher.retry(

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -165,6 +166,17 @@ def test_dropped_connection_mid_upload_is_retried(tmp_path: Path, hub: FakeHub):
     assert proc.returncode == 0, proc.stderr
     assert sorted(hub.puts) == sorted(lfs_oids(folder).values())  # every object stored exactly once
     assert sum(1 for method, _ in hub.log if method == "PUT") == 4  # 3 files + 1 resend of the dropped one
+
+
+def test_stalled_upload_times_out_and_is_retried(tmp_path: Path, hub: FakeHub):
+    folder = make_folder(tmp_path / "built", shard_rows=(4, 4))
+    hub.block_timeout = 90  # the server goes silent mid-body for longer than the test allows
+    hub.put_faults = ["block"]
+    started = time.monotonic()
+    proc = run_push(folder, hub, "--timeout", "2", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 45, "a silent connection held the push"
+    assert sorted(hub.puts) == sorted(lfs_oids(folder).values())
 
 
 def test_killed_push_resumes_without_resending(tmp_path: Path, hub: FakeHub):
