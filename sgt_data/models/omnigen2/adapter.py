@@ -6,6 +6,10 @@ Options (`model.options` in a recipe):
 - `max_output_pixels` (1048576), `max_side_length` (2048): target size limits (multiple of 16);
 - `min_pixels` / `max_pixels`: Qwen image-processor budget (SGT: 256·28·28 and 1280·28·28);
 - `max_text_tokens` (8192): VQA sequences are cut there (never inside an image).
+
+Inference keywords: t2i takes `text_guidance_scale` (4.0), `image_guidance_scale` (1.0), `negative_prompt` (""),
+`images` (PIL list: edit / in-context references, VAE-encoded as upstream), `cfg_range` ((0, 1)), `max_pixels`;
+seg takes `text_guidance_scale` (1.0: the training conditioning, no CFG) and `max_pixels`.
 """
 
 from __future__ import annotations
@@ -85,13 +89,15 @@ class OmniGen2Adapter:
         else:
             import json
 
-            from transformers import AutoImageProcessor, AutoTokenizer
+            from transformers import AutoTokenizer
+
+            from .model import load_image_processor
 
             root = Path(cfg.path if cfg.init == "pretrained" else cfg.config)
             if not (root / "processor").is_dir():
                 raise FileNotFoundError(f"{root}/processor does not exist: not an OmniGen2 folder")
             tokenizer = AutoTokenizer.from_pretrained(str(root / "processor"))
-            image_processor = AutoImageProcessor.from_pretrained(str(root / "processor"))
+            image_processor = load_image_processor(root)
             channels = json.loads((root / "vae" / "config.json").read_text()).get("latent_channels", 16)
         _apply_image_budget(image_processor, cfg.options)
         return Processor(tokenizer, image_processor, latent_channels=channels, options=cfg.options)

@@ -76,12 +76,29 @@ def tiny_image_processor():
     return Qwen2VLImageProcessor(size={"shortest_edge": 4 * 28 * 28, "longest_edge": 64 * 28 * 28})
 
 
-def _load_processor(root: Path):
-    from transformers import AutoImageProcessor, AutoTokenizer
+def load_image_processor(root: Path):
+    """The Qwen2-VL image processor of `processor/` (else `mllm_processor/`, else Qwen's defaults).
 
-    tokenizer = AutoTokenizer.from_pretrained(str(root / "processor"))
-    image_processor = AutoImageProcessor.from_pretrained(str(root / "processor"))
-    return tokenizer, image_processor
+    OmniGen2's scripts read only the tokenizer from `processor/`; what matters here is that images are patched
+    the way Qwen2.5-VL expects (14-px patches, 2x2 merge), which only a Qwen2-VL image processor does.
+    """
+    from transformers import AutoImageProcessor, Qwen2VLImageProcessor
+
+    for sub in ("processor", "mllm_processor"):
+        if (root / sub / "preprocessor_config.json").is_file():
+            try:
+                proc = AutoImageProcessor.from_pretrained(str(root / sub))
+            except (OSError, ValueError):
+                continue
+            if hasattr(proc, "merge_size"):
+                return proc
+    return Qwen2VLImageProcessor()
+
+
+def _load_processor(root: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(root / "processor")), load_image_processor(root)
 
 
 def load_pretrained(path: str | Path, overlay: str | Path | None = None) -> OmniGen2:
