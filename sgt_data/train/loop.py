@@ -141,15 +141,17 @@ def _setup(recipe: Recipe, adapter: Any) -> dict[str, Any]:
 
 
 def _record(
-    recipe: Recipe, s: dict[str, Any], step: int, result: Any, lr: float, seconds: float
+    recipe: Recipe, s: dict[str, Any], step: int, result: Any, lr: float, times: tuple[float, float]
 ) -> dict[str, Any]:
+    """One metrics line; `times` = (seconds waiting for data, seconds for the whole step) on this rank."""
     means = global_means(s["acc"], result)
     record: dict[str, Any] = {"step": step, "lr": lr, "grad_norm": result.grad_norm}
     record["loss"] = sum(recipe.loss_weights[n] * v for n, v in means.items())
     record.update({f"loss/{n}": v for n, v in means.items()})
     record.update({f"samples/{t}": n for t, n in s["sampler"].counts.items()})
     record["micro_batches"] = result.micro_batches
-    record["step_seconds"] = seconds
+    # data_seconds near 0 means the workers keep up; otherwise raise data.num_workers.
+    record["data_seconds"], record["step_seconds"] = times
     return record
 
 
@@ -208,6 +210,7 @@ def train(recipe: Recipe, adapter: Any = None) -> Path:
         for step in range(s["start"], t.max_steps):
             began = time.perf_counter()
             samples = [item["sample"] for item in next(loader)]
+            waited = time.perf_counter() - began
             batches = [send_to_device(b, acc.device) for b in adapter.micro_batches(samples, recipe.model)]
             result = train_step(
                 acc,
@@ -225,7 +228,7 @@ def train(recipe: Recipe, adapter: Any = None) -> Path:
                 s["ema"].update()
             done = step + 1
             if done % t.log_every == 0 or done == t.max_steps:
-                metrics.log(_record(recipe, s, done, result, lr, time.perf_counter() - began))
+                metrics.log(_record(recipe, s, done, result, lr, (waited, time.perf_counter() - began)))
             metrics.advance()
             if done == t.max_steps or (t.save_every and done % t.save_every == 0):
                 ckpt.save(acc, out, done, s["ema"], extra, t.keep_last)
