@@ -6,7 +6,7 @@ chunk of shards, ask the Hub which paths already hold the same sha256 (`get_path
 LFS from their file paths (`preupload_lfs_files`, released after upload), then commit the chunk. A failed unit is
 retried with bounded exponential backoff on 429 / 5xx / connection errors by re-planning it against the remote:
 nothing that landed is sent twice (the LFS batch answer skips stored objects) and no commit is duplicated. A rerun
-after a crash does the same. README.md (the card) and manifest.json go last. sha256 sums are cached in
+after a crash does the same; requests that go silent time out (`--timeout`) instead of hanging. README.md (the card) and manifest.json go last. sha256 sums are cached in
 `DIR/.sgt-push.json` (by size + mtime) so a rerun of a 190 GB push does not re-hash it. The token comes from
 `--token-env` or the login and is never printed; every message passes through `hub.redact`.
 """
@@ -41,7 +41,11 @@ def add_arguments(parser) -> None:
         "folder", help="output folder of `sgt-data build ...` (checked with `validate` first)"
     )
     parser.add_argument("--repo-id", required=True, help="dataset repo to create or update, ORG/NAME")
-    parser.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    parser.add_argument(
+        "--public",
+        action="store_true",
+        help="create the repo public (default: private; an existing repo keeps its visibility)",
+    )
     parser.add_argument(
         "--allow-partial", action="store_true", help="push only the complete shards of a partial build"
     )
@@ -336,6 +340,7 @@ def final_files(report, args, data_files: list[str], token: str | None) -> dict[
     categories.pop(None, None)
     command = ["sgt-data", "push", str(args.folder), "--repo-id", args.repo_id]
     command += ["--public"] * args.public + ["--allow-partial"] * args.allow_partial
+    command += ["--path-in-repo", args.path_in_repo] if args.path_in_repo != "data" else []
     card = render_card(
         report.manifest,
         repo_id=args.repo_id,
