@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[len(words) :])
     args.argv = ["sgt-data", *argv]  # the exact command, recorded in manifests and dataset cards
     _configure_hub_env(args)
+    if getattr(module, "HUB_DISABLE_XET", False):
+        os.environ["HF_HUB_DISABLE_XET"] = "1"  # e.g. push: classic LFS uploads, whatever the endpoint
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

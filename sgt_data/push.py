@@ -27,6 +27,9 @@ from typing import TypeVar
 
 from sgt_data import hub
 
+# The CLI sets HF_HUB_DISABLE_XET=1 before any HF import: uploads go through classic LFS on every endpoint.
+HUB_DISABLE_XET = True
+
 T = TypeVar("T")
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 CACHE_NAME = ".sgt-push.json"
@@ -244,8 +247,6 @@ def _fail(message: str, token: str | None) -> int:
 
 def run(args) -> int:
     """Validate, create the repo, push shards in committed chunks, then the card and manifest."""
-    if "huggingface_hub" not in sys.modules:
-        os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # command entry point, before the first HF import
     token = hub.get_token(args.token_env)
     try:
         return _push(args, token)

@@ -139,6 +139,7 @@ def run(args) -> int:
         tasks, ShardReader(source), [CheckVqa()], shards.VQA_COLUMNS, out, runner.options_from_args(args)
     )
     fields = manifest_fields(out, plan, spec_path)
+    fields["command"] = getattr(args, "argv", None) or ["sgt-data", "build", "llava-ov"]
     manifest = shards.write_manifest(out, **fields)
     print(format_report(manifest, result), file=sys.stderr)
     return 0
