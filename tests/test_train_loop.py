@@ -178,3 +178,19 @@ def test_refuses_missing_checkpoint_and_mixed_runs(tmp_path, shard_dirs):
     with pytest.raises(FileExistsError, match="resume=never"):
         _run(recipe, f"model.path={tmp_path / 'ckpt'}", "train.resume=never")
     assert read_metrics(out)[-1]["step"] == 1
+
+
+def test_shard_index_keeps_ok_rows_and_reads_only_needed_columns(shard_dirs):
+    from sgt_data.train.data import RowReader, ShardIndex, task_columns
+
+    proxy, vqa = shard_dirs
+    index = ShardIndex.build([proxy])
+    assert len(index) == 12  # 14 rows, rows 3 and 10 carry an error status
+    reader = RowReader(cache_size=2)
+    keys = [reader.read(*index.locate(i), task_columns("seg"))["key"] for i in range(len(index))]
+    assert "sa_3" not in keys and "sa_10" not in keys and len(set(keys)) == 12
+    row = reader.read(*index.locate(0), task_columns("edge"))
+    assert set(row) == {"key", "source", "image", "width", "height", "edge", "prompt_edge"}
+    assert row["edge"]["bytes"][:4] == b"\x89PNG"
+    vqa_row = reader.read(*ShardIndex.build([vqa]).locate(0), task_columns("vqa"))
+    assert vqa_row["conversations"][1]["from"] == "gpt"
