@@ -112,6 +112,19 @@ def test_encoding_round_trip_and_constant_maps():
     assert png(D.encode_depth(norm, (32, 24))).shape == (24, 32)
 
 
+def test_device_resize_matches_opencv_and_reduced_decode(step):
+    img = smooth_image(120, 160, 9)
+    rgb = D.prepare_rgb(img, step.prep)[None]
+    (q0,), _, _ = step._forward(rgb, [(rgb.shape[2], rgb.shape[1])])
+    (q1,), _, _ = step._forward(rgb, [(160, 120)])
+    ref = cv2.resize(q0.astype(np.float32) / 65535, (160, 120), interpolation=cv2.INTER_LINEAR) * 65535
+    assert q0.dtype == q1.dtype == np.uint16 and q1.shape == (120, 160)
+    assert np.abs(q1 - ref).max() <= 1.5, "bilinear on the device = cv2 INTER_LINEAR, half-pixel grid"
+    small, size = D.decode_for_model(jpeg(img), step.prep)
+    assert size == (160, 120) and small.shape == (60, 80, 3), "2x the model grid: decoded at half scale"
+    assert D.prepare_rgb(small, step.prep, full=(120, 160)).shape == rgb.shape[1:]
+
+
 def test_step_pickles_without_its_model(step):
     blob = pickle.dumps(step)
     assert len(blob) < 5000, "the loaded network must not travel with the step"
