@@ -8,7 +8,8 @@ Qwen2.5-VL-3B shape (3,754.6M) + a FLUX-shaped VAE (frozen). Workloads, 2 sample
 A step = forward + backward + grad-norm clip + AdamW, with gradient checkpointing on the DiT blocks and Qwen.
 
 Modes (one process each, same machine):
-- `ours`: bf16 compute weights with exact fp32 master weights (SplitAdamW: bf16 + low 16 bits, fp32 moments),
+- `ours`: bf16 compute weights with exact fp32 master weights (SplitAdamW: bf16 + low 16 bits, fp32 moments,
+  one compiled kernel per parameter),
   all vision windows in one varlen flash call, GQA flash in the DiT, CE logits only at label positions.
 - `baseline`: the reference's one-GPU configuration: pure-bf16 torch AdamW (updates round away), transformers'
   per-window vision attention loop. (Same DiT code: the reference DiT is not part of this project.)
@@ -143,7 +144,10 @@ class Stepper:
         self.model, self.mode = model, mode
         self.params = [p for p in model.parameters() if p.requires_grad]
         kw = dict(lr=5e-6, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
-        self.opt = SplitAdamW(self.params, **kw) if mode == "ours" else torch.optim.AdamW(self.params, **kw)
+        if mode == "ours":
+            self.opt = SplitAdamW(self.params, fused=DEVICE == "cuda", **kw)
+        else:
+            self.opt = torch.optim.AdamW(self.params, **kw)
 
     def __call__(self, batch: dict, marks: list | None = None):
         from sgt_data.models.omnigen2.split_adamw import clip_coefficient

@@ -33,6 +33,24 @@ def split_into(master: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor) -> None
     hi.view(torch.int16).copy_(halves[..., 1])
 
 
+def fused_update(hi, lo, grad, m, v, scale, lr, weight_decay, beta1, beta2, bc1, bc2_sqrt, eps) -> None:
+    """One AdamW update of a 1-D parameter slice, written for `torch.compile` to fuse into one kernel.
+
+    Same math as `SplitAdamW.step`'s eager path (the fp32 master is reassembled from the two halves by integer
+    ops, updated in fp32, split again); only the rounding order of the fused expression may differ (ULP level,
+    as between torch's foreach and single-tensor AdamW). Scalars are 0-dim tensors so one graph serves all steps.
+    """
+    g = grad.float() * scale
+    m.copy_(m + (g - m) * (1 - beta1))
+    v.copy_(v * beta2 + g * g * (1 - beta2))
+    bits = (hi.view(torch.int16).to(torch.int32) << 16) | (lo.to(torch.int32) & 0xFFFF)
+    master = bits.view(torch.float32) * (1 - lr * weight_decay)
+    master = master - (lr / bc1) * (m / (v.sqrt() / bc2_sqrt + eps))
+    out = master.view(torch.int32)
+    hi.view(torch.int16).copy_((out >> 16).to(torch.int16))
+    lo.copy_((out & 0xFFFF).to(torch.int16))
+
+
 class SplitAdamW(torch.optim.Optimizer):
     """Decoupled-weight-decay Adam for bf16 parameters with exact fp32 master values (see module doc).
 
@@ -41,9 +59,17 @@ class SplitAdamW(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params, lr: float = 1e-4, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
+        self,
+        params,
+        lr: float = 1e-4,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        fused: bool = False,
     ):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        # fused: one torch.compile'd kernel per parameter instead of ~13 eager kernels (GPU speed)
+        self._fused = torch.compile(fused_update, dynamic=True) if fused else None
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dtype != torch.bfloat16:
@@ -65,6 +91,9 @@ class SplitAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
                 state["step"] += 1
                 step = state["step"]
+                if self._fused is not None:
+                    self._fused_step(p, state, group, step, grad_scale)
+                    continue
                 grad = p.grad.float()
                 if grad_scale is not None:
                     grad.mul_(grad_scale)
@@ -77,6 +106,23 @@ class SplitAdamW(torch.optim.Optimizer):
                 master.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1**step))
                 split_into(master, p, state["lo"])
         return loss
+
+    def _fused_step(self, p, state, group, step: int, grad_scale) -> None:
+        beta1, beta2 = group["betas"]
+        dev = p.device
+        scalars = [
+            grad_scale if grad_scale is not None else 1.0,
+            group["lr"],
+            group["weight_decay"],
+            beta1,
+            beta2,
+            1 - beta1**step,
+            math.sqrt(1 - beta2**step),
+            group["eps"],
+        ]
+        t = [torch.as_tensor(x, dtype=torch.float32, device=dev) for x in scalars]
+        flat = [x.view(-1) for x in (p.data, state["lo"], p.grad, state["exp_avg"], state["exp_avg_sq"])]
+        self._fused(*flat, *t)
 
 
 def clip_coefficient(params, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
