@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 
 import torch
 
@@ -92,8 +93,15 @@ class SplitAdamW(torch.optim.Optimizer):
                 state["step"] += 1
                 step = state["step"]
                 if self._fused is not None:
-                    self._fused_step(p, state, group, step, grad_scale)
-                    continue
+                    try:
+                        self._fused_step(p, state, group, step, grad_scale)
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - a compiler failure must not stop training
+                        warnings.warn(
+                            f"SplitAdamW: fused update unavailable ({exc!r:.200}); using eager kernels",
+                            stacklevel=2,
+                        )
+                        self._fused = None
                 grad = p.grad.float()
                 if grad_scale is not None:
                     grad.mul_(grad_scale)
