@@ -265,6 +265,7 @@ def run_mode(mode: str, steps: int, smoke: bool = False) -> dict:
         except Exception as exc:  # noqa: BLE001 - report and keep the measured step times
             row["extras_error"] = f"{type(exc).__name__}: {exc}"[:300]
         print(json.dumps({name: row}), flush=True)
+    result["optimizer"] = type(step.opt).__name__ + (" (fused)" if getattr(step.opt, "_fused", None) else "")
     return result
 
 
