@@ -52,7 +52,8 @@ def header(path: Path) -> str:
     for line in path.read_text().splitlines():
         text = line.lstrip("# ").strip()
         if line.startswith("#") and text:
-            return text
+            # "bagel_tiny — BAGEL on a laptop" -> "BAGEL on a laptop" (the name is already in the listing)
+            return text.removeprefix(path.stem).lstrip(" —-:")
     return ""
 
 
