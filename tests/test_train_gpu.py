@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_train_loop import write_fixture_shards, write_recipe
 
 pytestmark = pytest.mark.gpu
