@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
         "speedup_vs_ref": round(REFERENCE_S[args.config] / med, 3),
         "ref_step_s": REFERENCE_S[args.config],
         "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1),
-        "loss": round(float(loss), 4),
+        "loss": round(loss.item(), 4),
         "build_s": round(build_s, 1),
         "warmup_s": round(warm_s, 1),
         "gpu": torch.cuda.get_device_name(),

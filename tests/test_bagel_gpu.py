@@ -55,5 +55,5 @@ def test_bf16_autocast_train_step_close_to_fp32():
         out = model(b)
     loss = 1.5 * out["ce"].mean() + out["mse"].mean()
     loss.backward()
-    assert abs(float(loss) - float(exp["loss"])) < 0.05 * float(exp["loss"])
+    assert abs(loss.item() - exp["loss"].item()) < 0.05 * exp["loss"].item()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
