@@ -271,41 +271,40 @@ def run(
     if not todo:
         return result
     started = time.time()
-    if choose_executor(todo, steps, opts) == "local":
-        bar = _progress(sum(t.rows_hint for t in todo), opts.progress)
-        for task in todo:
-            stats = process_shard(task, reader, steps, columns, str(out))
-            result.written.append(task.index)
-            result.rows += stats["rows"]
-            if bar is not None:
-                bar.update(stats["rows"])
+    bar = _progress(sum(t.rows_hint for t in todo), opts.progress)
+    run_tasks = _run_local if choose_executor(todo, steps, opts) == "local" else _run_on_ray
+    for task, stats in run_tasks(todo, reader, steps, columns, str(out), opts):
+        result.written.append(task.index)
+        result.rows += stats["rows"]
         if bar is not None:
-            bar.close()
-        result.seconds = time.time() - started
-        return result
+            bar.update(stats["rows"])
+    if bar is not None:
+        bar.close()
+    result.seconds = time.time() - started
+    return result
+
+
+def _run_local(todo, reader, steps, columns, out: str, opts: RunOptions):
+    """Shards one after another in this process: (task, stats) as each finishes."""
+    for task in todo:
+        yield task, process_shard(task, reader, steps, columns, out)
+
+
+def _run_on_ray(todo, reader, steps, columns, out: str, opts: RunOptions):
+    """Shards as parallel Ray tasks (actor steps in pools): (task, stats) in completion order."""
     own = init_ray(opts)
     import ray
 
     try:
         pools = _make_actor_pools(steps, opts)
         remote = ray.remote(num_cpus=1, max_retries=1)(_process_shard_in_worker)
-        pending = {remote.remote(t, reader, steps, columns, str(out), pools): t for t in todo}
-        bar = _progress(sum(t.rows_hint for t in todo), opts.progress)
+        pending = {remote.remote(t, reader, steps, columns, out, pools): t for t in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            task = pending.pop(done[0])
-            stats = ray.get(done[0])
-            result.written.append(task.index)
-            result.rows += stats["rows"]
-            if bar is not None:
-                bar.update(stats["rows"])
-        if bar is not None:
-            bar.close()
+            yield pending.pop(done[0]), ray.get(done[0])
     finally:
         if own:
             ray.shutdown()
-    result.seconds = time.time() - started
-    return result
 
 
 def _progress(total: int, enabled: bool):
