@@ -14,6 +14,12 @@ how many elements each sum runs over (known before the forward pass, e.g. the nu
 loop adds the counts of every micro-batch of the optimizer step on every rank, and divides each sum by that
 global count: the loss is then a true token mean over the global batch whatever the accumulation or world size,
 and the per-task weights in the recipe mean what they say.
+
+What the loop does around a port (so ports need not): it moves each micro-batch's tensors to the device, runs
+`losses()` under bf16 autocast with fp32 master weights, and `losses()` must call the root module (`model(...)`)
+so DDP/FSDP hooks fire. Under FSDP, the final export builds a CPU copy with `build(cfg, device="cpu",
+for_training=False)`, loads the gathered full state dict into it strictly, then calls `save_pretrained`: that
+build must produce the same state-dict keys as the training model.
 """
 
 from __future__ import annotations
