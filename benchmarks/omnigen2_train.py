@@ -278,9 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--smoke", action="store_true", help="tiny shapes on CPU: checks the path, measures nothing"
     )
+    ap.add_argument(
+        "--fused-optimizer", action="store_true", help="SplitAdamW with its compiled fused update"
+    )
     args = ap.parse_args(argv)
+    global DEVICE, FUSED_OPTIMIZER
+    FUSED_OPTIMIZER = args.fused_optimizer
     if args.smoke:
-        global DEVICE
         DEVICE = "cpu"
     if args.mode != "both":
         res = run_mode(args.mode, args.steps, args.smoke)
