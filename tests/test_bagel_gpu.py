@@ -57,3 +57,24 @@ def test_bf16_autocast_train_step_close_to_fp32():
     loss.backward()
     assert abs(loss.item() - exp["loss"].item()) < 0.05 * exp["loss"].item()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_flex_varying_pack_lengths_match_sdpa():
+    """Packs of different lengths (as in real training) through compiled flex == exact SDPA on the same GPU."""
+    from sgt_data.models.bagel.packing import batch_to, pack
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    root = require_parity()
+    meta, inp, _ = load_case(root / "bagel")
+    model = parity_model(root).cuda()
+    for copies in (1, 3, 5, 2):
+        b = pack(raw_samples(meta, inp) * copies, special_tokens(meta), pack_config(meta))
+        b = batch_to(b, "cuda")
+        b["noise"] = torch.randn(b["packed_vae_token_indexes"].numel(), 64, device="cuda")
+        b["padded_latent"] = torch.randn(len(b["patchified_vae_latent_shapes"]), 16, 8, 12, device="cuda")
+        outs = {}
+        for backend in ("flex", "sdpa"):
+            model.attn_backend = backend
+            with torch.no_grad():
+                outs[backend] = model(b, return_intermediates=True)["last_hidden_state"]
+        torch.testing.assert_close(outs["flex"], outs["sdpa"], **TOL)

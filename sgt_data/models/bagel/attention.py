@@ -125,7 +125,9 @@ def _flex():
     if _compiled_flex is None:
         from torch.nn.attention.flex_attention import flex_attention
 
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        # automatic dynamic shapes: the first pack length compiles static, a second one recompiles once with a
+        # symbolic length, so varying packs do not recompile every step
+        _compiled_flex = torch.compile(flex_attention)
     return _compiled_flex
 
 
