@@ -225,6 +225,11 @@ def test_micro_batches_single_task_and_counts(cfg):
     assert [mb["kind"] for mb in mbs] == ["gen", "vqa"]
     assert mbs[0]["counts"]["fm"] == samples[0]["counts"]["fm"] + samples[2]["counts"]["fm"]
     assert mbs[1]["counts"]["ce"] == samples[1]["counts"]["ce"]
+    # another rank holding the same tasks in another order runs the same kinds in the same order
+    other = ADAPTER.micro_batches([samples[1], samples[2], samples[0]], cfg)
+    assert [mb["kind"] for mb in other] == ["gen", "vqa"]
+    one = ADAPTER.micro_batches(samples, ModelConfig(name="omnigen2", options={"micro_batch": 1}))
+    assert [mb["kind"] for mb in one] == ["gen", "gen", "vqa"]
 
 
 def test_gen_loss_trains_qwen_through_the_dit(cfg, model):
@@ -339,3 +344,18 @@ def test_und_is_greedy(infer_model):
         out.append(nxt)
         ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
     assert answer == tok.decode(out, skip_special_tokens=True).strip()
+
+
+def test_random_tiny_build_and_processor_agree():
+    cfg = ModelConfig(name="omnigen2", init="random", config="tiny", dtype="float32")
+    model = ADAPTER.build(cfg, for_training=True)
+    proc = ADAPTER.processor(cfg)
+    text = "<|im_start|>user\nSegment instances.<|im_end|>"
+    assert proc.tokenizer(text)["input_ids"] == model.tokenizer(text)["input_ids"]
+    sample = proc.prepare(seg_row("r", 60, 80), "seg", seed=0)
+    loss = ADAPTER.losses(model, ADAPTER.micro_batches([sample], cfg)[0])
+    assert torch.isfinite(loss["fm"])
+
+
+def test_und_text_only(infer_model):
+    assert isinstance(ADAPTER.und(infer_model, None, "Name a colour.", max_new_tokens=3), str)

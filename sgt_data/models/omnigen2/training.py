@@ -22,15 +22,21 @@ def kind(task: str) -> str:
     return "gen" if task in GEN_TASKS else task
 
 
-def micro_batches(samples: list[dict], micro_batch: int) -> list[dict]:
-    """Group samples into single-kind micro-batches of <= micro_batch, kinds in order of first appearance.
+KIND_ORDER = ("gen", "vqa")
 
-    The grouping depends only on the sequence of tasks, so ranks that receive the same task sequence (the
-    mixer guarantees it) run the same kind of micro-batch at every micro-step: no collective mismatch.
+
+def micro_batches(samples: list[dict], micro_batch: int) -> list[dict]:
+    """Group samples into single-kind micro-batches of <= micro_batch: all generative ones first, then VQA.
+
+    The kind sequence depends only on how many samples of each kind a rank holds (not on their order), so
+    ranks with the same per-task counts (the mixer guarantees it) run the same kind of micro-batch at every
+    micro-step: the DiT's collectives never run on some ranks only.
     """
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[dict]] = {k: [] for k in KIND_ORDER}
     for s in samples:
-        groups.setdefault(kind(s["task"]), []).append(s)
+        if kind(s["task"]) not in groups:
+            raise ValueError(f"unknown task {s['task']!r} in a prepared sample")
+        groups[kind(s["task"])].append(s)
     out = []
     for k, group in groups.items():
         for i in range(0, len(group), micro_batch):
