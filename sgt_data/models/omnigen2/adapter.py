@@ -5,7 +5,9 @@ Options (`model.options` in a recipe):
 - `gradient_checkpointing` (false): recompute DiT blocks and Qwen layers in backward;
 - `max_output_pixels` (1048576), `max_side_length` (2048): target size limits (multiple of 16);
 - `min_pixels` / `max_pixels`: Qwen image-processor budget (SGT: 256·28·28 and 1280·28·28);
-- `max_text_tokens` (8192): VQA sequences are cut there (never inside an image).
+- `max_text_tokens` (8192): VQA sequences are cut there (never inside an image);
+- `vision_attention` (`varlen`): on CUDA, run Qwen's windowed vision attention as one varlen kernel; `stock`
+  keeps transformers' per-window loop.
 
 Inference keywords: t2i takes `text_guidance_scale` (4.0), `image_guidance_scale` (1.0), `negative_prompt` (""),
 `images` (PIL list: edit / in-context references, VAE-encoded as upstream), `cfg_range` ((0, 1)), `max_pixels`;
@@ -72,6 +74,10 @@ class OmniGen2Adapter:
         if cfg.options.get("gradient_checkpointing") and for_training:
             model.transformer.gradient_checkpointing = True
             model.mllm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if torch.device(device).type == "cuda" and cfg.options.get("vision_attention", "varlen") == "varlen":
+            from .fast_attention import use_varlen_vision_attention
+
+            use_varlen_vision_attention(model.mllm)  # one varlen kernel for all vision windows (spec §11)
         model.to(device)
         model.train(for_training)
         if not for_training:

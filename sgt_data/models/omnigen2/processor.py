@@ -132,8 +132,11 @@ class Processor:
                 segments += [("<|im_start|>assistant\n", False), (value + "<|im_end|>", True), ("\n", False)]
             else:
                 raise ValueError(f"row {key}: conversation turn {i} has unknown role {turn.get('from')!r}")
-        text = "".join(s for s, _ in segments)
-        expand_image_pads(text, counts)  # validates the placeholder count
+        n_pads = sum(seg.count("<|image_pad|>") for seg, _ in segments)
+        if n_pads != len(counts):
+            raise ValueError(
+                f"row {key}: {n_pads} image placeholder(s) in the conversation but {len(counts)} image(s)"
+            )
         ids: list[int] = []
         labels: list[int] = []
         pads = iter(counts)
