@@ -128,12 +128,7 @@ def _pack_one(sample, s, curr, sp: SpecialTokens, cfg: PackConfig, rng) -> int:
                 s["packed_label_ids"] += [*ids, sp.eos]
             curr += len(shifted)
             split_len += len(shifted)
-            s["packed_text_ids"].append(sp.eos)
-            s["packed_text_indexes"].append(curr)
-            if item.get("special_token_loss"):
-                s["ce_loss_indexes"].append(curr)
-                s["ce_loss_weights"].append(1.0)
-                s["packed_label_ids"].append(item["special_token_label"])
+            _close(s, curr, sp.eos, item)
             curr += 1
             split_len += 1
             attn_modes.append("causal")
@@ -179,12 +174,7 @@ def _pack_one(sample, s, curr, sp: SpecialTokens, cfg: PackConfig, rng) -> int:
                 s["packed_timesteps"] += [t] * n
             curr += n
             split_len += n
-            s["packed_text_ids"].append(sp.vision_end)
-            s["packed_text_indexes"].append(curr)
-            if item.get("special_token_loss"):
-                s["ce_loss_indexes"].append(curr)
-                s["ce_loss_weights"].append(1.0)
-                s["packed_label_ids"].append(item["special_token_label"])
+            _close(s, curr, sp.vision_end, item)
             curr += 1
             split_len += 1
             if item.get("split_start", True):
@@ -204,6 +194,16 @@ def _pack_one(sample, s, curr, sp: SpecialTokens, cfg: PackConfig, rng) -> int:
     s["split_lens"] += split_lens
     s["attn_modes"] += attn_modes
     return curr
+
+
+def _close(s: dict, curr: int, token: int, item: dict) -> None:
+    """The closing marker (<|im_end|> / <|vision_end|>) at `curr`; it carries a CE label only if asked."""
+    s["packed_text_ids"].append(token)
+    s["packed_text_indexes"].append(curr)
+    if item.get("special_token_loss"):
+        s["ce_loss_indexes"].append(curr)
+        s["ce_loss_weights"].append(1.0)
+        s["packed_label_ids"].append(item["special_token_label"])
 
 
 def _to_tensor(s: dict, curr: int) -> dict:
