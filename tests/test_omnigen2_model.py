@@ -316,6 +316,10 @@ def test_seg_returns_input_size(infer_model):
     image = Image.fromarray((np.random.default_rng(0).random((70, 100, 3)) * 255).astype(np.uint8))
     out = ADAPTER.seg(infer_model, image, "Segment instances with different colors.", steps=2, seed=0)
     assert out.size == image.size and out.mode == "RGB"
+    guided = ADAPTER.seg(infer_model, image, "Segment.", steps=2, seed=0, text_guidance_scale=3.0)
+    assert guided.size == image.size
+    with pytest.raises(ValueError, match="unknown option"):
+        ADAPTER.seg(infer_model, image, "Segment.", steps=2, seed=0, cfg_text_scale=3.0)
 
 
 def test_und_is_greedy(infer_model):

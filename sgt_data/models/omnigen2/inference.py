@@ -18,14 +18,17 @@ from .training import autocast, encode_targets
 
 
 def _encode_texts(model, texts: list[str], images: list | None = None):
-    """Qwen last hidden states for a batch of prompts -> (features [B, L, H], lengths)."""
+    """Qwen last hidden states for a batch of prompts -> (features [B, L, H], lengths).
+
+    `images`, when given, holds one image per prompt (each prompt has one image placeholder).
+    """
     tok = model.tokenizer
     vision: dict = {}
     if images:
         enc = model.image_processor(images=images, return_tensors="pt")
         merge = int(getattr(model.image_processor, "merge_size", 2))
         counts = (enc["image_grid_thw"].prod(dim=1) // (merge * merge)).tolist()
-        texts = [expand_image_pads(t, counts) for t in texts]
+        texts = [expand_image_pads(t, [n]) for t, n in zip(texts, counts)]
         vision = {"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]}
     ids = [torch.tensor(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     pad = special_id(tok, "<|endoftext|>")
@@ -80,9 +83,27 @@ def _sample(model, conds: list, refs: list, shape, steps: int, seed: int, scales
     return x
 
 
+T2I_KEYS = {
+    "images",
+    "text_guidance_scale",
+    "image_guidance_scale",
+    "negative_prompt",
+    "cfg_range",
+    "max_pixels",
+}
+SEG_KEYS = {"text_guidance_scale", "max_pixels"}
+
+
+def _check_keys(cfg: dict, allowed: set[str], what: str) -> None:
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(f"OmniGen2 {what}: unknown option(s) {unknown}; known: {sorted(allowed)}")
+
+
 @torch.no_grad()
 def t2i(model, prompt: str, *, width: int, height: int, steps: int, seed: int, **cfg):
     """Text (+ optional `images` for edit) -> PIL image, as the reference OmniGen2 pipeline samples it."""
+    _check_keys(cfg, T2I_KEYS, "t2i")
     images = cfg.get("images") or []
     s_t, s_i = float(cfg.get("text_guidance_scale", 4.0)), float(cfg.get("image_guidance_scale", 1.0))
     negative = cfg.get("negative_prompt", "")
@@ -107,6 +128,7 @@ def t2i(model, prompt: str, *, width: int, height: int, steps: int, seed: int, *
 @torch.no_grad()
 def seg(model, image, prompt: str, *, steps: int, seed: int, **cfg):
     """Image -> colour segmentation map at the input's size, with SGT's training conditioning."""
+    _check_keys(cfg, SEG_KEYS, "seg")
     image = image.convert("RGB")
     w, h = output_size(*image.size, int(cfg.get("max_pixels", 1024 * 1024)))
     s_t = float(cfg.get("text_guidance_scale", 1.0))
