@@ -47,3 +47,27 @@ def test_tiny_recipe_trains_and_exports(tmp_path):
     image = adapter.t2i(model, "a cat", width=32, height=32, steps=2, seed=0)
     assert image.size == (32, 32)
     assert np.asarray(image).std() > 0
+
+
+@pytest.mark.integration
+def test_cli_infer_all_tasks_on_a_tiny_checkpoint(tmp_path, capsys):
+    from PIL import Image
+
+    from sgt_data.cli import main
+    from sgt_data.models.omnigen2 import write_tiny_checkpoint
+
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny")
+    image = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((60, 90, 3)) * 255).astype(np.uint8)).save(image)
+    base = ["--model", "omnigen2", "--path", str(ckpt), "--device", "cpu", "--steps", "2"]
+    assert (
+        main(
+            ["infer", "und", *base, "--image", str(image), "--prompt", "What is it?", "--max-new-tokens", "3"]
+        )
+        == 0
+    )
+    assert main(["infer", "t2i", *base, "--prompt", "a cat", "--width", "48", "--height", "32",
+                 "--out", str(tmp_path / "t2i.png"), "--opt", "text_guidance_scale=3.0"]) == 0  # fmt: skip
+    assert Image.open(tmp_path / "t2i.png").size == (48, 32)
+    assert main(["infer", "seg", *base, "--image", str(image), "--out", str(tmp_path / "seg.png")]) == 0
+    assert Image.open(tmp_path / "seg.png").size == (90, 60)
