@@ -308,6 +308,10 @@ def test_t2i_and_edit(infer_model):
     edit = ADAPTER.t2i(infer_model, "make it blue", width=64, height=48, steps=2, seed=7, images=[ref],
                        text_guidance_scale=5.0, image_guidance_scale=2.0)  # fmt: skip
     assert edit.size == (64, 48)
+    odd = ref.resize((70, 50))  # not a multiple of 16: resized like upstream, output aligned to it
+    assert ADAPTER.t2i(
+        infer_model, "make it blue", width=64, height=64, steps=1, seed=7, images=[odd]
+    ).size == (64, 48)
 
 
 def test_seg_returns_input_size(infer_model):

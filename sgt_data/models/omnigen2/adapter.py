@@ -9,7 +9,7 @@ Options (`model.options` in a recipe):
 - `vision_attention` (`varlen`): on CUDA, run Qwen's windowed vision attention as one varlen kernel; `stock`
   keeps transformers' per-window loop.
 
-Inference keywords: t2i takes `text_guidance_scale` (4.0), `image_guidance_scale` (1.0), `negative_prompt` (""),
+Inference keywords: t2i takes `text_guidance_scale` (4.0), `image_guidance_scale` (1.0), `negative_prompt` (""), `align_res` (True),
 `images` (PIL list: edit / in-context references, VAE-encoded as upstream), `cfg_range` ((0, 1)), `max_pixels`;
 seg takes `text_guidance_scale` (1.0: the training conditioning, no CFG) and `max_pixels`.
 """

@@ -90,7 +90,18 @@ T2I_KEYS = {
     "negative_prompt",
     "cfg_range",
     "max_pixels",
+    "align_res",
 }
+
+
+def _fit(image, max_pixels: int):
+    """An input image resized (LANCZOS: a photo, not a label map) to <= max_pixels with sides a multiple of 16."""
+    from PIL import Image
+
+    size = output_size(*image.size, max_pixels)
+    return image if image.size == size else image.resize(size, Image.LANCZOS)
+
+
 SEG_KEYS = {"text_guidance_scale", "max_pixels"}
 
 
@@ -107,9 +118,13 @@ def t2i(model, prompt: str, *, width: int, height: int, steps: int, seed: int, *
     images = cfg.get("images") or []
     s_t, s_i = float(cfg.get("text_guidance_scale", 4.0)), float(cfg.get("image_guidance_scale", 1.0))
     negative = cfg.get("negative_prompt", "")
-    w, h = output_size(width, height, int(cfg.get("max_pixels", 1024 * 1024)))
+    max_pixels = int(cfg.get("max_pixels", 1024 * 1024))
+    images = [_fit(im.convert("RGB"), max_pixels) for im in images]
+    if len(images) == 1 and cfg.get("align_res", True):  # upstream: one input image fixes the output size
+        width, height = images[0].size
+    w, h = output_size(width, height, max_pixels)
     with autocast(model):
-        refs_lat = encode_targets(model.vae, [to_tensor(im.convert("RGB")) for im in images], model.device)
+        refs_lat = encode_targets(model.vae, [to_tensor(im) for im in images], model.device)
         feats, lens = _encode_texts(model, [t2i_prompt(prompt), t2i_prompt(negative)])
         cond, neg = (feats[:1], lens[0]), (feats[1:], lens[1])
         ref = refs_lat or None
