@@ -1,17 +1,14 @@
 """End to end: shards built by our own commands from bundled/tiny inputs -> `sgt-data train` with each port.
 
 Proxies come from `sgt-data build proxies --input examples/sa1b`; VQA shards from `sgt-data build llava-ov
---source` over a tiny local copy in the LLaVA-OneVision Hub layout (written here: the repo bundles no VQA sample
-yet). Training runs the ports' `recipes/<model>_tiny.yaml` when present, else an equivalent recipe written here.
+--source examples/llava_ov --pipeline llava_ov_sample` (the bundled LLaVA-OneVision-shaped sample). Training runs the ports' `recipes/<model>_tiny.yaml` when present, else an equivalent recipe written here.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -20,49 +17,6 @@ from sgt_data.cli import main
 from sgt_data.train.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
-
-VQA_SPEC = {
-    "repo_id": "lmms-lab/LLaVA-OneVision-Data",
-    "revision": "main",
-    "seed": 42,
-    "rows_per_shard": 4,
-    "fetch_budget": None,
-    "total": 8,
-    "categories": {
-        "Doc_Chart_Screen": {"total": 4, "configs": {"ai2d(gpt4v)": 4}},
-        "Math_Reasoning": {"total": 4, "configs": {"mathqa": 4}},
-    },
-}
-
-
-def write_llava_source(root: Path) -> Path:
-    """Two configs in the Hub layout (`<config>/*.parquet`, columns id/image/conversations/data_source)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    image_t = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    conv_t = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
-    for config, with_image in (("ai2d(gpt4v)", True), ("mathqa", False)):
-        images, convs = [], []
-        for i in range(6):
-            buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(buf, format="JPEG")
-            images.append({"bytes": buf.getvalue(), "path": f"{i}.jpg"} if with_image else None)
-            question = ("<image>\n" if with_image else "") + f"What is shown in example {i}?"
-            convs.append([{"from": "human", "value": question}, {"from": "gpt", "value": f"Example {i}."}])
-        table = pa.table(
-            {
-                "id": [f"{config}-{i}" for i in range(6)],
-                "image": pa.array(images, image_t),
-                "conversations": pa.array(convs, conv_t),
-                "data_source": [config] * 6,
-            }
-        )
-        (root / config).mkdir(parents=True)
-        pq.write_table(table, root / config / "train-00000-of-00001.parquet", row_group_size=3)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -86,25 +40,18 @@ def built(tmp_path_factory, sa1b_sample) -> tuple[Path, Path]:
         )
         == 0
     )
-    spec = root / "vqa_spec.yaml"
-    spec.write_text(yaml.safe_dump(VQA_SPEC))
-    source = write_llava_source(root / "llava_src")
-    assert (
-        main(
-            [
-                "build",
-                "llava-ov",
-                "--source",
-                str(source),
-                "--pipeline",
-                str(spec),
-                "--output",
-                str(vqa),
-                *common,
-            ]
-        )
-        == 0
-    )
+    llava_sample = sa1b_sample.parent / "llava_ov"
+    argv = [
+        "build",
+        "llava-ov",
+        "--source",
+        str(llava_sample),
+        "--pipeline",
+        "llava_ov_sample",
+        "--output",
+        str(vqa),
+    ]
+    assert main([*argv, *common]) == 0
     return proxies, vqa
 
 
