@@ -6,12 +6,13 @@ Per image, the prediction at network resolution is min-max normalised, resized b
 `depth_min` / `depth_max` keep the raw range, so `raw = depth_min + png / 65535 * (depth_max - depth_min)`.
 A constant prediction (max == min) is stored as all zeros.
 
-The step runs in three parts so the accelerator never waits on a decoder: `prepare` (decode if needed, resize
-to the model's input grid as uint8: CPU, in the shard tasks), `infer` (normalise on the device, batched forward
-per input shape, per-image min-max: the actor), `finish` (resize back, quantise, PNG: CPU). `__call__` runs all
-three, which is what a pool that only knows `step(batch)` gets. Preprocessing follows the model's own image
-processor config (size, keep-aspect, multiple-of, mean/std) with OpenCV instead of PIL, which is ~10x faster;
-area resampling when shrinking keeps it anti-aliased like the processor's PIL bicubic.
+The step runs in three parts so the accelerator never waits on a decoder: `prepare` (decode -- JPEGs at a
+reduced DCT scale when much larger than the model's grid -- and resize to that grid as uint8: CPU, in the shard
+tasks), `infer` (normalise, batched forward per input shape, per-image min-max, bilinear resize back and 16-bit
+quantisation, all on the device: the actor), `finish` (PNG encode: CPU). `__call__` runs all three, which is
+what a pool that only knows `step(batch)` gets. Preprocessing follows the model's own image-processor config
+(size, keep-aspect, multiple-of, mean/std) with OpenCV instead of PIL; area resampling when shrinking keeps it
+anti-aliased like the processor's bicubic (tests compare both).
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ def check_model(model: str, endpoint: str | None = None, explicit: bool = True) 
     Otherwise the message to print, ending with the exact command that fetches it. `explicit` only changes the
     wording: the caller fails on it when depth was asked for, and skips depth with it when it was not.
     """
+    from sgt_data import hub
+
     what = "depth was requested but" if explicit else "depth is skipped:"
+    endpoint = hub.resolve_endpoint(endpoint)
     if not is_hub_id(model):
         path = Path(model).expanduser()
         problem = check_local(path) if path.is_dir() else f"no such folder {path}"
@@ -122,9 +126,6 @@ def check_model(model: str, endpoint: str | None = None, explicit: bool = True) 
 
     if constants.HF_HUB_OFFLINE:
         return f"{what} {model} is not in the local Hub cache and HF_HUB_OFFLINE is set.\n{how}"
-    from sgt_data import hub
-
-    endpoint = hub.resolve_endpoint(endpoint)
     try:
         hub.api(endpoint, hub.get_token()).model_info(model, timeout=10)
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable now"; the reason is reported
@@ -190,7 +191,7 @@ def decode_for_model(data: bytes | dict | None, prep: Prep) -> tuple[np.ndarray,
     which libjpeg does in the DCT, 2-4x faster than a full decode followed by a resize."""
     if isinstance(data, dict):
         data = data.get("bytes")
-    if not data or not bytes(data[:2]) == b"\xff\xd8":
+    if not data or data[:2] != b"\xff\xd8":
         bgr = decode_image(data)
         return bgr, (int(bgr.shape[1]), int(bgr.shape[0]))
     width, height = header_size(data)
