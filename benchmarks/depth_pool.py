@@ -3,8 +3,9 @@
 Both sides start from encoded JPEG bytes and end with the same output, a 16-bit PNG of the relative inverse depth
 at the image's size. Baseline: `transformers.pipeline("depth-estimation")` called once per image in a loop (PIL
 decode + the pipeline's own preprocessing, forward at the default dtype, resize-back) plus the same PNG encode.
-Ours: `DepthTarget` split over `sgt_data.actor_pool` (decode/resize and resize-back/PNG in shard tasks on every
-CPU, batched bf16 forward in a threaded GPU actor, chunks prefetched). Also timed: the same step through the
+Ours: `DepthTarget` split over `sgt_data.actor_pool` (decode + resize to the model grid and PNG encode in shard
+tasks on every CPU; batched bf16 forward, resize-back and 16-bit quantisation in a threaded GPU actor; chunks
+prefetched). Also timed: the same step through the
 runner's current actor path (`runner._make_actor_pools` + `runner.run_steps`: whole batch to the actor, one
 chunk at a time). Model: random-init Depth-Anything at the V2-Small architecture (518 px input), built locally.
 GPU utilisation is sampled with nvidia-smi every 100 ms during each phase.
@@ -12,6 +13,7 @@ GPU utilisation is sampled with nvidia-smi every 100 ms during each phase.
     python benchmarks/depth_pool.py                       # GPU machine: 1024x768 JPEGs
     python benchmarks/depth_pool.py --size 2250x1500      # SA-1B-sized images
     python benchmarks/depth_pool.py --tiny                # CPU smoke test: tiny model, few small images
+    benchmarks/device/depth_gpu.sh                        # what ran on the H100 (gpu tests + both sizes)
 Ends with `RESULT depth_pool <ours / baseline>`.
 """
 
