@@ -1,11 +1,11 @@
-"""The one module that knows Ray: shard tasks -> steps -> canonical shards, resumably.
+"""The runner, the one place that knows Ray (with `actor_pool.py`): shard tasks -> steps -> shards, resumably.
 
 A build is a list of `ShardTask`s (one output shard each, deterministic index) plus a `reader` that turns a task
 into chunks of rows, plus a list of steps (design.md §4). Each shard is one Ray task: it reads its chunks, runs the
 steps on each chunk, drops transient `_` columns, writes the shard atomically, then its stats and completion
 marker. A rerun skips every shard with a marker; `overwrite=True` redoes all. Steps that declare `num_gpus` (or
-`actor = True`) run in a pool of Ray actors, loaded once per actor; shard tasks send them chunks, so decoding and
-encoding on the CPUs overlap the accelerator's work.
+`actor = True`) run in a pool of Ray actors, loaded once per actor (`actor_pool.py`); shard tasks keep chunks
+queued at them and do the CPU parts (decode, resize, PNG) themselves, so the CPUs overlap the accelerator.
 
 Ray is imported lazily, so `sgt-data --help` and the unit tests of the steps never pay for it.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgt_data import shards
+from sgt_data import actor_pool, shards
 
 Batch = dict[str, list]
 
@@ -89,10 +89,6 @@ def options_from_args(args) -> RunOptions:
 # ---------------------------------------------------------------- per-shard work (runs inside Ray workers)
 
 
-def is_actor_step(step: Any) -> bool:
-    return bool(getattr(step, "actor", False) or getattr(step, "num_gpus", 0))
-
-
 _SETUP_DONE: dict[int, Any] = {}
 
 
@@ -109,19 +105,6 @@ def _ready(step: Any) -> Any:
 
 def drop_transient(batch: Batch) -> Batch:
     return {k: v for k, v in batch.items() if not k.startswith("_")}
-
-
-def run_steps(batch: Batch, steps: list[Any], actors: dict[int, list] | None = None, salt: int = 0) -> Batch:
-    """Apply steps in order; actor steps go to their pool (round-robin by `salt`)."""
-    for i, step in enumerate(steps):
-        pool = (actors or {}).get(i)
-        if pool:
-            import ray
-
-            batch = ray.get(pool[salt % len(pool)].call.remote(batch))
-        else:
-            batch = step(batch)
-    return batch
 
 
 def name_errors(batch: Batch) -> Batch:
@@ -157,12 +140,10 @@ def process_shard(
     for i, step in enumerate(steps):
         if not (actors and i in actors):
             _ready(step)
-    parts: list[Batch] = []
-    for n, chunk in enumerate(reader(task)):
-        if not chunk.get("key"):
-            continue
-        out = drop_transient(run_steps(chunk, steps, actors, salt=task.index + n))
-        parts.append(name_errors(out))
+    parts = [
+        name_errors(drop_transient(out))
+        for out in actor_pool.process_chunks(reader(task), steps, actors, salt=task.index)
+    ]
     rows: Batch = {c: [v for p in parts for v in p.get(c, [None] * len(p["key"]))] for c in columns}
     if "key" not in rows or not parts:
         rows = {c: [] for c in columns}
@@ -173,18 +154,6 @@ def process_shard(
 def _process_shard_in_worker(*args: Any) -> dict:
     limit_threads()
     return process_shard(*args)
-
-
-class _StepActor:
-    """Hosts one actor step (e.g. the depth model) inside a Ray actor; loaded once."""
-
-    def __init__(self, step: Any):
-        self.step = step
-        if hasattr(step, "setup"):
-            step.setup()
-
-    def call(self, batch: Batch) -> Batch:
-        return self.step(batch)
 
 
 # ---------------------------------------------------------------- driver side
@@ -220,7 +189,7 @@ def choose_executor(todo: list[ShardTask], steps: list[Any], opts: RunOptions) -
     """`local` for small jobs without a cluster and without actor steps; `ray` otherwise (or as asked)."""
     if opts.executor != "auto":
         return opts.executor
-    if opts.address or any(is_actor_step(s) for s in steps):
+    if opts.address or any(actor_pool.is_actor_step(s) for s in steps):
         return "ray"
     import sys
 
@@ -228,23 +197,6 @@ def choose_executor(todo: list[ShardTask], steps: list[Any], opts: RunOptions) -
         return "ray"
     small = sum(t.bytes_hint for t in todo) < LOCAL_MAX_BYTES and all(t.bytes_hint > 0 for t in todo)
     return "local" if small or (opts.num_cpus == 1) else "ray"
-
-
-def _make_actor_pools(steps: list[Any], opts: RunOptions) -> dict[int, list]:
-    import ray
-
-    pools: dict[int, list] = {}
-    for i, step in enumerate(steps):
-        if not is_actor_step(step):
-            continue
-        num_gpus = float(getattr(step, "num_gpus", 0) or 0)
-        size = opts.actor_concurrency or getattr(step, "concurrency", None)
-        if not size:
-            gpus = int(ray.cluster_resources().get("GPU", 0))
-            size = max(1, int(gpus / num_gpus)) if num_gpus else 1
-        cls = ray.remote(num_cpus=float(getattr(step, "num_cpus", 1)), num_gpus=num_gpus)(_StepActor)
-        pools[i] = [cls.remote(step) for _ in range(size)]
-    return pools
 
 
 def run(
@@ -295,14 +247,17 @@ def _run_on_ray(todo, reader, steps, columns, out: str, opts: RunOptions):
     own = init_ray(opts)
     import ray
 
+    pools: dict[int, list] = {}
     try:
-        pools = _make_actor_pools(steps, opts)
+        pools = actor_pool.make_pools(steps, opts.actor_concurrency)
         remote = ray.remote(num_cpus=1, max_retries=1)(_process_shard_in_worker)
         pending = {remote.remote(t, reader, steps, columns, out, pools): t for t in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             yield pending.pop(done[0]), ray.get(done[0])
     finally:
+        for actor in (a for actors in pools.values() for a in actors):
+            ray.kill(actor)
         if own:
             ray.shutdown()
 

@@ -63,6 +63,8 @@ class DepthSpec:
     """GPUs per depth actor when CUDA is present (CPU actors otherwise)."""
     concurrency: int | None = None
     """Number of depth actors; default GPUs / num_gpus, or 1 without GPUs."""
+    max_side: int | None = None
+    """Cap on the depth PNG's longer side (PNG encoding on the CPUs, not the GPU, bounds throughput); None = image size."""
 
 
 @dataclass
@@ -175,7 +177,7 @@ def parse_levels(text: str | None) -> tuple[list[str], bool]:
     return [lv for lv in shards.LEVELS if lv in levels], True
 
 
-def make_steps(levels: list[str], spec: ProxiesSpec) -> list:
+def make_steps(levels: list[str], spec: ProxiesSpec, endpoint: str | None = None) -> list:
     """The step chain for `levels` (seg's label map is built whenever seg or mask edges need it)."""
     from sgt_data.proxies.image import DecodeImage
     from sgt_data.proxies.prompts import Prompts
@@ -264,14 +266,17 @@ def run(args) -> int:
         print(f"sgt-data build proxies: {e}", file=sys.stderr)
         return 2
     levels, explicit = parse_levels(args.level)
-    levels = check_depth(levels, explicit, spec, getattr(args, "endpoint", None))
+    from sgt_data.hub import resolve_endpoint
+
+    endpoint = resolve_endpoint(args.endpoint, args.mirror) if (args.endpoint or args.mirror) else None
+    levels = check_depth(levels, explicit, spec, endpoint)
     input_path, out = Path(args.input), Path(args.output)
     try:
         tasks, reader, total, kind = plan_tasks(input_path, spec)
     except (FileNotFoundError, ValueError) as e:
         print(f"sgt-data build proxies: {e}", file=sys.stderr)
         return 2
-    steps = make_steps(levels, spec)
+    steps = make_steps(levels, spec, endpoint)
     columns = shards.sample_columns(levels)
     opts = options_from_args(args)
     opts.chunk_size = spec.chunk_size
