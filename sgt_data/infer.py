@@ -32,7 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--random", action="store_true", help="random weights from --config (smoke tests only)"
     )
-    parser.add_argument("--image", help="input image (und, seg)")
+    parser.add_argument(
+        "--image", help="input image (und, seg; with t2i: the image to edit, where the port supports it)"
+    )
     parser.add_argument("--prompt", help="question (und), description (t2i), instruction (seg)")
     parser.add_argument(
         "--out", help="output PNG (t2i, seg) or text file (und); default: print / ./<task>.png"
@@ -44,7 +46,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda when available)")
     parser.add_argument(
-        "--opt", action="append", default=[], metavar="KEY=VALUE", help="port option, e.g. cfg_text_scale=4.0"
+        "--opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="port sampling option: bagel cfg_text_scale=4.0 cfg_img_scale=1.0 shift=3.0; "
+        "omnigen2 text_guidance_scale=4.0 image_guidance_scale=1.0 (unknown keys are an error)",
     )
 
 
@@ -98,6 +105,8 @@ def run(args) -> int:
         print(text)
         return 0
     if args.task == "t2i":
+        if image is not None:
+            opts["images"] = [image]  # instruction-guided edit of --image
         result = adapter.t2i(
             model, args.prompt, width=args.width, height=args.height, steps=args.steps, seed=args.seed, **opts
         )
