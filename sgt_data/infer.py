@@ -83,6 +83,9 @@ def run(args) -> int:
     if args.task == "t2i" and not args.prompt:
         print("sgt-data infer t2i: --prompt is required", file=sys.stderr)
         return 2
+    if args.task == "t2i" and args.image and not getattr(get_adapter(args.model), "supports_edit", False):
+        print(f"sgt-data infer t2i: --model {args.model} does not edit images; drop --image", file=sys.stderr)
+        return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = ModelConfig(
         name=args.model,

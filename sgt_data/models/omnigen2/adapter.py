@@ -52,6 +52,7 @@ class OmniGen2Adapter:
     """Builds, feeds, trains and runs the OmniGen2 pair (DiT + Qwen2.5-VL + FLUX VAE)."""
 
     name = "omnigen2"
+    supports_edit = True  # t2i takes `images=[...]`: instruction-guided editing as upstream
     fsdp_wrap = ["Block", "Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]
 
     def build(self, cfg: ModelConfig, *, device: str = "cpu", for_training: bool = True) -> Any:
