@@ -182,8 +182,9 @@ def make_steps(levels: list[str], spec: ProxiesSpec, endpoint: str | None = None
     from sgt_data.proxies.image import DecodeImage
     from sgt_data.proxies.prompts import Prompts
 
-    steps: list = [DecodeImage(max_pixels=spec.max_pixels)]
     edge = spec.levels.edge
+    # Only depth looks at colour: without it, decode the luma alone (seg needs the size, Canny the grey levels).
+    steps: list = [DecodeImage(max_pixels=spec.max_pixels, grey="depth" not in levels)]
     if "seg" in levels or ("edge" in levels and edge.source == "masks"):
         from sgt_data.proxies.seg import SegTarget
 

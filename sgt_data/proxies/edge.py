@@ -33,8 +33,8 @@ def auto_thresholds(gray: np.ndarray, sigma: float = 0.33) -> tuple[int, int]:
 def canny_edges(
     bgr: np.ndarray, low: int | None = None, high: int | None = None, sigma: float = 0.33
 ) -> np.ndarray:
-    """Canny edge map (uint8 0/255) of a BGR image; low/high None means auto thresholds from the median."""
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    """Canny edge map (uint8 0/255) of a BGR (or already grey) image; low/high None = auto thresholds."""
+    gray = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     if low is None or high is None:
         low, high = auto_thresholds(gray, sigma)
     return cv2.Canny(gray, low, high)
@@ -98,7 +98,7 @@ class EdgeTarget:
 
     def _row(self, batch: Batch, i: int) -> dict[str, Any]:
         if self.source == "image":
-            bgr = batch["_bgr"][i] if "_bgr" in batch else None
+            bgr = batch["_gray"][i] if "_gray" in batch else batch["_bgr"][i] if "_bgr" in batch else None
             if bgr is None:
                 raise ValueError(
                     f"row {batch['key'][i]}: no decoded image; run DecodeImage before EdgeTarget"

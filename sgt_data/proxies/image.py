@@ -136,21 +136,24 @@ def check_complete(data: bytes) -> None:
         )
 
 
-def _imread_flags(data: bytes) -> int:
-    """IMREAD_COLOR, plus IGNORE_ORIENTATION only where EXIF could rotate the pixels.
+def _imread_flags(data: bytes, grey: bool = False) -> int:
+    """IMREAD_COLOR (or GRAYSCALE), plus IGNORE_ORIENTATION only where EXIF could rotate the pixels.
 
     cv2 decodes ~15% slower with IGNORE_ORIENTATION set (measured 27 vs 31 ms at 1500x2250), and a JPEG
     without an EXIF segment decodes identically either way.
     """
+    mode = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR
     if data.startswith(_JPEG_SOI):
         header = _jpeg_header(data)
         if header is not None and not header[2]:
-            return cv2.IMREAD_COLOR
-    return cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+            return mode
+    return mode | cv2.IMREAD_IGNORE_ORIENTATION
 
 
-def decode_image(data: bytes | dict | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode encoded image bytes into an HxWx3 BGR uint8 array, or raise BadImage saying why.
+def decode_image(
+    data: bytes | dict | None, max_pixels: int = DEFAULT_MAX_PIXELS, grey: bool = False
+) -> np.ndarray:
+    """Decode encoded image bytes into an HxWx3 BGR (or HxW grey) uint8 array, or raise BadImage saying why.
 
     Also accepts the `datasets` Image struct `{"bytes": ..., "path": ...}`.
     """
@@ -165,7 +168,7 @@ def decode_image(data: bytes | dict | None, max_pixels: int = DEFAULT_MAX_PIXELS
             "limit; raise max_pixels if such images are expected"
         )
     check_complete(data)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _imread_flags(data))
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _imread_flags(data, grey))
     if bgr is None:
         raise BadImage(
             f"cv2 cannot decode the image ({len(data)} bytes, header {width}x{height}); file is corrupt"
@@ -178,21 +181,25 @@ def decode_image(data: bytes | dict | None, max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 class DecodeImage:
-    """Step: `image` bytes -> transient `_bgr` (HxWx3 uint8) and `width`/`height` from the decoded pixels."""
+    """Step: `image` bytes -> transient `_bgr` (HxWx3 uint8) and `width`/`height` from the decoded pixels.
 
-    outputs = ("_bgr", "width", "height")
+    With `grey=True` (no later step needs colour: seg from masks and Canny edges only need the luma), the JPEG
+    decoder skips chroma upsampling and colour conversion and the step writes `_gray` (HxW) instead: ~20% less
+    decode time, and no BGR->grey conversion later."""
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, grey: bool = False):
         if max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {max_pixels}")
         self.max_pixels = int(max_pixels)
+        self.grey = bool(grey)
+        self.outputs = ("_gray" if self.grey else "_bgr", "width", "height")
 
     def setup(self) -> None:
         """Nothing heavy to load."""
 
     def _row(self, batch: Batch, i: int) -> dict[str, Any]:
-        bgr = decode_image(batch["image"][i], self.max_pixels)
-        return {"_bgr": bgr, "width": int(bgr.shape[1]), "height": int(bgr.shape[0])}
+        pixels = decode_image(batch["image"][i], self.max_pixels, self.grey)
+        return {self.outputs[0]: pixels, "width": int(pixels.shape[1]), "height": int(pixels.shape[0])}
 
     def __call__(self, batch: Batch) -> Batch:
         return map_ok_rows(batch, self._row, self.outputs)
