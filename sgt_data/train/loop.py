@@ -49,7 +49,8 @@ def make_accelerator(recipe: Recipe, adapter: Any = None) -> Any:
     from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin
 
     # accelerate logs every file of every checkpoint at INFO; our metrics and progress bar already say it.
-    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)
+    for name in ("accelerate.checkpointing", "accelerate.accelerator"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     d = recipe.distributed
     kwargs: dict[str, Any] = {}
     if d.strategy == "fsdp":
