@@ -5,9 +5,8 @@ at the image's size. Baseline: `transformers.pipeline("depth-estimation")` calle
 decode + the pipeline's own preprocessing, forward at the default dtype, resize-back) plus the same PNG encode.
 Ours: `DepthTarget` split over `sgt_data.actor_pool` (decode + resize to the model grid and PNG encode in shard
 tasks on every CPU; batched bf16 forward, resize-back and 16-bit quantisation in a threaded GPU actor; chunks
-prefetched). Also timed: the same step through the
-runner's current actor path (`runner._make_actor_pools` + `runner.run_steps`: whole batch to the actor, one
-chunk at a time). Model: random-init Depth-Anything at the V2-Small architecture (518 px input), built locally.
+prefetched), the path `build proxies` takes through the runner. Model: random-init Depth-Anything at the
+V2-Small architecture (518 px input), built locally.
 GPU utilisation is sampled with nvidia-smi every 100 ms during each phase.
 
     python benchmarks/depth_pool.py                       # GPU machine: 1024x768 JPEGs
@@ -36,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sgt_data import actor_pool, runner  # noqa: E402
+from sgt_data import actor_pool  # noqa: E402
 from sgt_data.proxies import depth as D  # noqa: E402
 
 
@@ -117,7 +116,7 @@ def _sync(cuda: bool) -> None:
         torch.cuda.synchronize()
 
 
-def bench_shard(images: list[bytes], ids: list[int], steps: list, pools: dict, chunk: int, mode: str) -> list:
+def bench_shard(images: list[bytes], ids: list[int], steps: list, pools: dict, chunk: int) -> list:
     """One shard task: rows `ids` (indices into the shared JPEG list) in chunks through the depth step."""
 
     def chunks():
@@ -128,35 +127,27 @@ def bench_shard(images: list[bytes], ids: list[int], steps: list, pools: dict, c
                    "status": ["ok"] * n, "error": [None] * n}  # fmt: skip
 
     done = ok = size = 0
-    if mode == "pool":
-        outs = actor_pool.process_chunks(chunks(), steps, pools, salt=ids[0] if ids else 0)
-    else:  # the runner's current actor path, chunk by chunk
-        outs = (runner.run_steps(c, steps, pools, salt=ids[0] + n) for n, c in enumerate(chunks()))
-    for out in outs:
+    for out in actor_pool.process_chunks(chunks(), steps, pools, salt=ids[0] if ids else 0):
         done += len(out["key"])
         ok += sum(s == "ok" for s in out["status"])
         size += sum(len(d) for d in out["depth"] if d)
     return [done, ok, size]
 
 
-def run_ray(model_dir: Path, images: list[bytes], n: int, args, cuda: bool, mode: str) -> tuple[float, list]:
+def run_ray(model_dir: Path, images: list[bytes], n: int, args, cuda: bool) -> tuple[float, list]:
     import ray
 
     step = D.DepthTarget(str(model_dir), batch_size=args.batch_size, num_gpus=1 if cuda else 0,
                          actor_threads=args.actor_threads)  # fmt: skip
-    if mode == "pool":
-        pools = actor_pool.make_pools([step])
-    else:
-        pools = runner._make_actor_pools([step], runner.RunOptions())
-        ray.get([a.call.remote({"key": [], "status": [], "error": [], "image": []}) for a in pools[0]])
+    pools = actor_pool.make_pools([step])
     images_ref = ray.put(images)
     task = ray.remote(num_cpus=1)(bench_shard)
     warm = list(range(args.batch_size * 2))
-    ray.get(task.remote(images_ref, warm, [step], pools, args.batch_size, mode))  # kernels and shapes warm
+    ray.get(task.remote(images_ref, warm, [step], pools, args.batch_size))  # kernels and shapes warm
     ids = list(range(n))
     per = args.rows_per_task
     t0 = time.time()
-    parts = ray.get([task.remote(images_ref, ids[s : s + per], [step], pools, args.batch_size, mode)
+    parts = ray.get([task.remote(images_ref, ids[s : s + per], [step], pools, args.batch_size)
                      for s in range(0, n, per)])  # fmt: skip
     seconds = time.time() - t0
     for actors in pools.values():
@@ -176,15 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rows-per-task", type=int, default=128)
     p.add_argument("--actor-threads", type=int, default=2)
-    p.add_argument("--runner-images", type=int, default=256, help="images for the runner-as-is phase")
-    p.add_argument("--skip-runner", action="store_true", help="skip the runner-as-is phase")
     p.add_argument("--baseline-dtype", help="e.g. bfloat16 (default: the pipeline's default, float32)")
     p.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs for Ray (default: all)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     if args.tiny:
         args.size, args.images, args.baseline_images = "160x120", 48, 12
-        args.batch_size, args.rows_per_task, args.runner_images = 8, 16, 32
+        args.batch_size, args.rows_per_task = 8, 16
     width, height = (int(v) for v in args.size.lower().split("x"))
     import torch
 
@@ -217,10 +206,10 @@ def main(argv: list[str] | None = None) -> int:
 
     gpus = torch.cuda.device_count() if cuda else 0
     ray.init(num_cpus=args.cpus, num_gpus=gpus, include_dashboard=False, logging_level=logging.WARNING)
-    modes = ["pool"] + ([] if args.skip_runner else ["runner"])
+    modes = ["pool"]
     for mode in modes:
-        n = args.images if mode == "pool" else args.runner_images
-        secs, (done, ok, size) = run_ray(model_dir, images, n, args, cuda, mode)
+        n = args.images
+        secs, (done, ok, size) = run_ray(model_dir, images, n, args, cuda)
         t1 = time.time()
         results[mode] = {"images": done, "ok": ok, "seconds": round(secs, 2), "images_per_s": round(done / secs, 2),
                          "png_bytes": size, "gpu_util": sampler.window(t1 - secs, t1)}  # fmt: skip

@@ -15,10 +15,10 @@ nvidia-smi --query-gpu=name,utilization.gpu,memory.used,clocks.sm --format=csv
 echo "cpus $(nproc)"
 quiet() { grep -v "Loading weights\|Writing model\|logging.cc\|SIGTERM\|^    @\|^PC: @"; }
 timeout 75 python3 -m pytest tests/test_depth_gpu.py -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log" | tail -8
-timeout 100 python3 benchmarks/depth_pool.py --cpus 16 --baseline-images 120 --runner-images 192 --json "$OUT/bench_1024x768.json" 2>&1 | quiet | tee "$OUT/bench_1024x768.log" | tail -9
-timeout 90 python3 benchmarks/depth_pool.py --cpus 16 --size 2250x1500 --images 1000 --baseline-images 40 --skip-runner \
+timeout 100 python3 benchmarks/depth_pool.py --cpus 16 --baseline-images 120 --json "$OUT/bench_1024x768.json" 2>&1 | quiet | tee "$OUT/bench_1024x768.log" | tail -9
+timeout 90 python3 benchmarks/depth_pool.py --cpus 16 --size 2250x1500 --images 1000 --baseline-images 40 \
   --json "$OUT/bench_2250x1500.json" 2>&1 | quiet | tee "$OUT/bench_2250x1500.log" | tail -7
 if [ "$(nproc)" -gt 16 ]; then
-  timeout 60 python3 benchmarks/depth_pool.py --cpus "$(nproc)" --images 4000 --baseline-images 30 --skip-runner \
+  timeout 60 python3 benchmarks/depth_pool.py --cpus "$(nproc)" --images 4000 --baseline-images 30 \
     --json "$OUT/bench_1024x768_allcpus.json" 2>&1 | quiet | tee "$OUT/bench_1024x768_allcpus.log" | tail -7
 fi
