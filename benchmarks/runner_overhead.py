@@ -89,7 +89,9 @@ def main() -> None:
             ray.shutdown()
     print(f"plain loop: {loop_s:.2f} s ({args.n / loop_s:.1f} img/s)")
     for name, seconds in timings.items():
-        print(f"build proxies, {name}: {seconds:.2f} s ({args.n / seconds:.1f} img/s, {seconds / loop_s:.2f}x loop)")
+        print(
+            f"build proxies, {name}: {seconds:.2f} s ({args.n / seconds:.1f} img/s, {seconds / loop_s:.2f}x loop)"
+        )
     print(f"RESULT runner_overhead {ours_s / loop_s:.2f}")
 
 
