@@ -449,7 +449,7 @@ def test_adapter_trains_saves_and_infers(tmp_path):
 def test_tiny_recipe_trains_through_the_loop(tmp_path):
     """recipes/bagel_tiny.yaml through the real training loop, on shards in our schema; final/ reloads strictly."""
     pytest.importorskip("accelerate")
-    from test_train_loop import write_fixture_shards
+    from support.built import write_fixture_shards
 
     from sgt_data.models.base import ModelConfig, get_adapter
     from sgt_data.train.loop import train

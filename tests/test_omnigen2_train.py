@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.integration
 def test_tiny_recipe_trains_and_exports(tmp_path):
-    from test_train_loop import write_fixture_shards
+    from support.built import write_fixture_shards
 
     from sgt_data.models.base import ModelConfig, get_adapter
     from sgt_data.train.loop import train

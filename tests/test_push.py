@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_validate import make_folder
+from support.built import make_folder
 
 from sgt_data import card, push, shards
 

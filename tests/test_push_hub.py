@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fake_hub import FakeHub
-from test_validate import make_folder
+from support.built import make_folder
 
 from sgt_data import shards
 
@@ -257,7 +257,7 @@ def test_token_never_appears_anywhere(tmp_path: Path, hub: FakeHub):
 
 def make_vqa_folder(out: Path) -> Path:
     """A small `build llava-ov`-shaped folder: two categories, one row without an image."""
-    from test_validate import _png
+    from support.built import png as _png
 
     cats = ["General VQA", "Math/Reasoning", "General VQA", "Math/Reasoning", "General VQA"]
     rows = {

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train_loop import write_fixture_shards, write_recipe
+from support.built import write_fixture_shards, write_recipe
 
 pytestmark = pytest.mark.gpu
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from support.built import write_fixture_shards, write_recipe
 
 from sgt_data.config import ConfigError
 from sgt_data.train.checkpoint import list_checkpoints
@@ -15,83 +14,9 @@ from sgt_data.train.metrics import read_metrics
 from sgt_data.train.recipe import load_recipe
 
 
-def _png(rng: np.random.Generator, fmt: str = "PNG") -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def write_fixture_shards(root: Path, n_proxy: int = 14, n_vqa: int = 9) -> tuple[Path, Path]:
-    """Tiny proxy and VQA folders in the canonical schema (written by our shard writer, 2 shards each)."""
-    from sgt_data import shards
-
-    rng = np.random.default_rng(0)
-    proxy, vqa = root / "proxies", root / "vqa"
-    cols = shards.sample_columns(["seg", "edge"])
-    for index, part in enumerate(np.array_split(np.arange(n_proxy), 2)):
-        rows: dict[str, list] = {c: [] for c in cols}
-        for i in part:
-            bad = i % 7 == 3  # a few error rows that must never be trained on
-            for c, v in {
-                "key": f"sa_{i}",
-                "source": "fixture",
-                "origin": "test",
-                "image": _png(rng, "JPEG"),
-                "width": 32,
-                "height": 24,
-                "seg": None if bad else _png(rng),
-                "prompt_seg": "Segment instances with different colors.",
-                "edge": None if bad else _png(rng),
-                "prompt_edge": "Draw the edges.",
-                "status": "bad_rle" if bad else "ok",
-                "error": "fixture error" if bad else None,
-            }.items():
-                rows[c].append(v)
-        shards.write_table_atomic(
-            shards.to_table(rows, cols), proxy / shards.shard_name(index), row_group_size=4
-        )
-    for index, part in enumerate(np.array_split(np.arange(n_vqa), 2)):
-        rows = {c: [] for c in shards.VQA_COLUMNS}
-        for i in part:
-            has_image = bool(i % 3)  # some text-only rows, as in the real mix
-            question = "<image>\nWhat colour?" if has_image else "Name a colour."
-            conv = [{"from": "human", "value": question}, {"from": "gpt", "value": f"Colour {i}."}]
-            for c, v in {
-                "key": f"q{i}",
-                "source": "fixture",
-                "category": "General",
-                "origin": "test",
-                "image": _png(rng, "JPEG") if has_image else None,
-                "conversations": conv,
-                "status": "ok",
-                "error": None,
-            }.items():
-                rows[c].append(v)
-        table = shards.to_table(rows, shards.VQA_COLUMNS)
-        shards.write_table_atomic(table, vqa / shards.shard_name(index), row_group_size=4)
-    return proxy, vqa
-
-
 @pytest.fixture(scope="module")
 def shard_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return write_fixture_shards(tmp_path_factory.mktemp("shards"))
-
-
-def write_recipe(path: Path, proxy: Path, vqa: Path, out: Path, **blocks) -> Path:
-    data = {
-        "model": {"name": "toy", "init": "random", "options": {"micro_batch_size": 2}},
-        "data": {"proxies": [str(proxy)], "vqa": [str(vqa)], "num_workers": 0},
-        "mixing": {"ratio": {"seg": 2, "vqa": 1}, "samples_per_step": 6},
-        "loss_weights": {"ce": 1.5, "mse": 1.0},
-        "optim": {"lr": 1e-2, "warmup_steps": 2, "schedule": "cosine"},
-        "train": {"output_dir": str(out), "max_steps": 4, "mixed_precision": "fp32", "progress": False},
-    }
-    for block, values in blocks.items():
-        data.setdefault(block, {}).update(values)
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def _run(recipe_path: Path, *overrides: str) -> Path:

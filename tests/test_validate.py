@@ -1,74 +1,20 @@
 """`sgt-data validate`: a complete folder passes; each kind of damage is named with its file and fix.
 
-`make_folder` builds a small real folder with the lead's shard writer; the push tests reuse it.
+`make_folder` (tests/support/built.py) builds a small real folder with our shard writer.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.built import LEVELS, make_folder, proxy_rows
 
 from sgt_data import shards
 from sgt_data.validate import ERROR, PARTIAL, validate
-
-LEVELS = ("seg", "edge")
-
-
-def _png(seed: int, size: tuple[int, int] = (12, 8), mode: str = "RGB") -> bytes:
-    """A tiny deterministic PNG (distinct per seed)."""
-    from PIL import Image
-
-    img = Image.new(
-        mode, size, color=(seed * 37 % 256, seed * 11 % 256, 200) if mode == "RGB" else seed % 256
-    )
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def proxy_rows(start: int, n: int, bad: set[int] = frozenset()) -> dict[str, list]:
-    """Columns of `n` proxy rows (seg + edge); rows in `bad` are `bad_image` error rows."""
-    cols: dict[str, list] = {c: [] for c in shards.sample_columns(LEVELS)}
-    for i in range(start, start + n):
-        ok = i not in bad
-        cols["key"].append(f"sa_{i}")
-        cols["source"].append("sa1b")
-        cols["origin"].append(f"sa_{i}.jpg")
-        cols["image"].append(_png(i))
-        cols["width"].append(12)
-        cols["height"].append(8)
-        cols["seg"].append(_png(i + 100) if ok else None)
-        cols["prompt_seg"].append("Segment instances with different colors." if ok else None)
-        cols["edge"].append(_png(i + 200, mode="L") if ok else None)
-        cols["prompt_edge"].append("Detect the edges in this image." if ok else None)
-        cols["status"].append("ok" if ok else "bad_image")
-        cols["error"].append(None if ok else f"sa_{i}.jpg: truncated JPEG; re-download the tar")
-    return cols
-
-
-def make_folder(out: Path, shard_rows: tuple[int, ...] = (5, 4), bad: set[int] = frozenset({3})) -> Path:
-    """A complete `build proxies` folder: shards, stats, markers and a manifest like the build writes."""
-    start = 0
-    for index, n in enumerate(shard_rows):
-        table = shards.to_table(proxy_rows(start, n, bad), shards.sample_columns(LEVELS))
-        shards.finish_shard(out, index, table)
-        start += n
-    shards.write_manifest(
-        out,
-        kind="proxies",
-        levels=list(LEVELS),
-        command=["sgt-data", "build", "proxies", "--level", "seg,edge", "--input", "examples/sa1b"],
-        spec={"seed": 0, "levels": {"seg": {"palette": "random"}, "edge": {"source": "image"}}},
-        steps=[{"name": "seg", "version": "1"}, {"name": "edge", "version": "1"}],
-        inputs=["examples/sa1b"],
-        inputs_total=start,
-    )
-    return out
 
 
 @pytest.fixture
