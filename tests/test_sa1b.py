@@ -37,8 +37,10 @@ def test_tar_members_are_paired_and_unsafe_ones_become_rows(tmp_path):
     assert (rows["sa_1"]["width"], rows["sa_1"]["height"]) == (4, 2)
     unsafe = {k: r for k, r in rows.items() if k != "sa_1"}
     assert len(unsafe) == 5 and {r["status"] for r in unsafe.values()} == {"unsafe_member"}
-    assert "climbs out" in rows["sa_2.jpg"]["error"] and "absolute" in rows["sa_3.json"]["error"]
-    assert "symbolic link" in rows["sa_4.jpg"]["error"] and "hard link" in rows["sa_5.jpg"]["error"]
+    error = {k.split("#")[0]: r["error"] for k, r in unsafe.items()}
+    assert "climbs out" in error["sa_2"] and "absolute" in error["sa_3"]
+    assert "symbolic link" in error["sa_4"] and "hard link" in error["sa_5"]
+    assert all("sa_000000.tar" in k for k in unsafe), "unsafe keys name the tar they came from"
 
 
 def test_folder_pairs_by_key_and_reports_missing_partners(tmp_path):
@@ -51,10 +53,34 @@ def test_folder_pairs_by_key_and_reports_missing_partners(tmp_path):
     assert "sa_2.json" in rows[1]["error"] and "sa_3.jpg" in rows[2]["error"]
 
 
+def test_duplicate_copies_become_rows_never_vanish(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "sa_1.jpg").write_bytes(folder.encode())
+        (tmp_path / folder / "sa_1.json").write_text(json.dumps(DOC))
+    (tmp_path / "sa_2.jpg").write_bytes(b"x")
+    (tmp_path / "sa_2.JPG").write_bytes(b"y")
+    with tarfile.open(tmp_path / "t.tar", "w") as tar:
+        _add(tar, "sa_2.json", json.dumps(DOC).encode())
+    rows = [sample_row(s) for s in discover(tmp_path)]
+    # 7 files: sa_1 pair + its 2 copies in b/, sa_2 pair (jpg or JPG + the tar's json) + the other case variant
+    assert sorted(r["status"] for r in rows) == ["duplicate"] * 3 + ["ok"] * 2
+    assert len({r["key"] for r in rows}) == len(rows), "keys stay unique"
+    for r in rows:
+        if r["status"] == "duplicate":
+            assert (
+                "keep one copy" in r["error"]
+                and r["origin"]
+                and r["key"].startswith(("sa_1#dup:", "sa_2#dup:"))
+            )
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [(b"{oops", "not valid JSON"), (b"[]", "no 'annotations' list"), (b'{"annotations": [{"id": 1}]}', "no segmentation"),
-     (b'{"annotations": [{"segmentation": {"size": [1, 1], "counts": [1]}}]}', "not a compressed RLE string")],
+     (b'{"annotations": [{"segmentation": {"size": [1, 1], "counts": [1]}}]}', "not a compressed RLE string"),
+     (b'{"annotations": [{"id": "x1", "segmentation": {"size": [1, 1], "counts": "1"}}]}', "id 'x1' is not an integer"),
+     (b'{"annotations": [{"segmentation": {"size": ["1", 1], "counts": "1"}}]}', "not \\[height, width\\] integers")],
 )  # fmt: skip
 def test_bad_annotation_files_name_the_sample(raw, message):
     from sgt_data.errors import BadAnnotations
@@ -62,6 +88,11 @@ def test_bad_annotation_files_name_the_sample(raw, message):
     with pytest.raises(BadAnnotations, match=message) as err:
         parse_annotations(raw, "sa_9")
     assert "sa_9.json" in str(err.value)
+
+
+def test_json_image_size_is_kept_only_when_integer():
+    raw = json.dumps({"image": {"width": "1500", "height": True}, "annotations": []}).encode()
+    assert parse_annotations(raw, "sa_1") == ([], None, None)
 
 
 def test_discover_rejects_missing_paths_and_non_tars(tmp_path):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sgt_data.errors import BadAnnotations, MissingPartner, SampleError, UnsafeMember
+from sgt_data.errors import BadAnnotations, MissingPartner, SampleError
 
 SA1B_NAME = re.compile(r"^(?P<key>sa_[^/]+?)\.(?P<ext>jpg|jpeg|json)$", re.IGNORECASE)
 
@@ -42,44 +42,83 @@ class Sa1bSample:
     image: MemberRef | None
     annotations: MemberRef | None
     problem: str | None = None
-    """Set for a tar member that was rejected unread (link, device, absolute or `..` path): an error row."""
+    """Set for a file that must not be read as a sample: an unsafe tar member, a duplicate copy (an error row)."""
+    status: str = "unsafe_member"
+    """The error class of `problem`."""
+    origin: str | None = None
+    """Where a problem sample came from (its file, or its tar and member)."""
 
 
-def _pair(found: dict[str, dict[str, MemberRef]]) -> list[Sa1bSample]:
-    return [Sa1bSample(key, refs.get("image"), refs.get("json")) for key, refs in sorted(found.items())]
+def _role(name: str) -> tuple[str, str] | None:
+    """`sa_12.jpg` -> ('sa_12', 'image'); `sa_12.json` -> ('sa_12', 'json'); anything else None."""
+    m = SA1B_NAME.match(Path(name).name)
+    if not m:
+        return None
+    return m["key"], "json" if m["ext"].lower() == "json" else "image"
 
 
-def scan_folder(folder: Path) -> list[Sa1bSample]:
+def _pair(entries: list[tuple[str, str, MemberRef]], rejected: list[Sa1bSample]) -> list[Sa1bSample]:
+    """Pair (key, role, ref) entries by key. A second file for a role already filled (a copy in another folder or
+    tar, `sa_1.JPG` beside `sa_1.jpg`) is never dropped: it becomes a `duplicate` error row of its own."""
     found: dict[str, dict[str, MemberRef]] = {}
+    samples = list(rejected)
+    for key, role, ref in entries:
+        slot = found.setdefault(key, {})
+        if role in slot:
+            where = f"{ref.path}@{ref.offset}" if ref.offset >= 0 else ref.path
+            first = slot[role].path
+            problem = (
+                f"{key}: second {role} file {where} (the first is {first}); keep one copy of each sample"
+            )
+            samples.append(
+                Sa1bSample(
+                    f"{key}#dup:{where}", None, None, problem=problem, status="duplicate", origin=where
+                )
+            )
+        else:
+            slot[role] = ref
+    samples.extend(Sa1bSample(key, refs.get("image"), refs.get("json")) for key, refs in found.items())
+    return sorted(samples, key=lambda s: s.key)
+
+
+def _folder_entries(folder: Path) -> list[tuple[str, str, MemberRef]]:
+    entries = []
     for path in sorted(folder.rglob("sa_*")):
-        m = SA1B_NAME.match(path.name)
-        if m and path.is_file():
-            kind = "json" if m["ext"].lower() == "json" else "image"
-            found.setdefault(m["key"], {})[kind] = MemberRef(str(path))
-    return _pair(found)
+        role = _role(path.name)
+        if role and path.is_file():
+            entries.append((*role, MemberRef(str(path))))
+    return entries
 
 
-def scan_tar(tar_path: Path) -> list[Sa1bSample]:
+def _tar_entries(tar_path: Path) -> tuple[list[tuple[str, str, MemberRef]], list[Sa1bSample]]:
     """A (non-compressed) tar's SA-1B members with their data offsets; unsafe members become error samples."""
     from sgt_data.sources.tar_safe import scan  # tar_safe builds on MemberRef defined here
 
     members, rejected = scan(tar_path)
-    found: dict[str, dict[str, MemberRef]] = {}
-    for member in members:
-        m = SA1B_NAME.match(Path(member.name).name)
-        if m:
-            kind = "json" if m["ext"].lower() == "json" else "image"
-            found.setdefault(m["key"], {})[kind] = member.ref
-    samples = _pair(found)
-    for bad in rejected:
-        m = SA1B_NAME.match(Path(bad.name).name)
-        key = f"{m['key']}.{m['ext']}" if m else bad.name  # never merged with a safe sample of the same key
-        samples.append(Sa1bSample(key, None, None, problem=bad.message()))
-    return samples
+    entries = [(*role, m.ref) for m in members if (role := _role(m.name))]
+    bad = []
+    for r in rejected:
+        role = _role(r.name)
+        key = (
+            f"{role[0]}#unsafe:{Path(tar_path).name}:{r.name}" if role else f"{Path(tar_path).name}:{r.name}"
+        )
+        origin = f"{tar_path}:{r.name}"
+        bad.append(Sa1bSample(key, None, None, problem=r.message(), status="unsafe_member", origin=origin))
+    return entries, bad
+
+
+def scan_folder(folder: Path) -> list[Sa1bSample]:
+    return _pair(_folder_entries(folder), [])
+
+
+def scan_tar(tar_path: Path) -> list[Sa1bSample]:
+    return _pair(*_tar_entries(tar_path))
 
 
 def discover(path: str | Path) -> list[Sa1bSample]:
-    """All SA-1B samples under a folder, a tar, or a folder of tars; sorted by key for deterministic shards."""
+    """All SA-1B samples under a folder, a tar, or a folder of tars; sorted by key for deterministic shards.
+
+    Every file found ends as a sample: pairs by key, unsafe tar members and duplicate copies as error rows."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(
@@ -89,17 +128,12 @@ def discover(path: str | Path) -> list[Sa1bSample]:
         if not tarfile.is_tarfile(p):
             raise ValueError(f"{path}: not a tar; pass a folder of sa_*.jpg + sa_*.json or an SA-1B tar")
         return scan_tar(p)
-    samples = scan_folder(p)
-    for tar_path in sorted(p.glob("*.tar")):
-        samples.extend(scan_tar(tar_path))
-    samples.sort(key=lambda s: s.key)
-    keys = [s.key for s in samples]
-    if len(set(keys)) != len(keys):
-        dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
-        raise ValueError(
-            f"{path}: the same sample key appears more than once ({', '.join(dup)}); pass one copy"
-        )
-    return samples
+    entries, rejected = _folder_entries(p), []
+    for tar_path in sorted(p.rglob("*.tar")):
+        more, bad = _tar_entries(tar_path)
+        entries += more
+        rejected += bad
+    return _pair(entries, rejected)
 
 
 def parse_annotations(raw: bytes, key: str) -> tuple[list[dict], int | None, int | None]:
@@ -112,7 +146,7 @@ def parse_annotations(raw: bytes, key: str) -> tuple[list[dict], int | None, int
         ) from e
     if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
         raise BadAnnotations(f"{key}.json: no 'annotations' list (not an SA-1B annotation file)")
-    info = doc.get("image") or {}
+    info = doc.get("image") if isinstance(doc.get("image"), dict) else {}
     out = []
     for i, ann in enumerate(doc["annotations"]):
         seg = ann.get("segmentation") if isinstance(ann, dict) else None
@@ -120,15 +154,21 @@ def parse_annotations(raw: bytes, key: str) -> tuple[list[dict], int | None, int
             raise BadAnnotations(f"{key}.json: annotation #{i} has no segmentation {{size, counts}}")
         if not isinstance(seg["counts"], str):
             raise BadAnnotations(f"{key}.json: annotation #{i} counts is not a compressed RLE string")
-        out.append(
-            {
-                "id": int(ann.get("id", i)),
-                "area": int(ann.get("area", 0)),
-                "size": [int(v) for v in seg["size"]],
-                "counts": seg["counts"],
-            }
-        )
-    return out, info.get("width"), info.get("height")
+        size = seg["size"]
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            raise BadAnnotations(f"{key}.json: annotation #{i} size {size!r} is not [height, width] integers")
+        for field in ("id", "area"):
+            if field in ann and not _is_int(ann[field]):
+                raise BadAnnotations(f"{key}.json: annotation #{i} {field} {ann[field]!r} is not an integer")
+        out.append({"id": int(ann.get("id", i)), "area": int(ann.get("area", 0)), "size": list(size),
+                    "counts": seg["counts"]})  # fmt: skip
+    width, height = info.get("width"), info.get("height")
+    # The JSON's size is advisory (the decoded image decides); keep it only when it is a plain integer.
+    return out, width if _is_int(width) else None, height if _is_int(height) else None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def sample_row(sample: Sa1bSample, source: str = "sa1b") -> dict:
@@ -137,7 +177,7 @@ def sample_row(sample: Sa1bSample, source: str = "sa1b") -> dict:
     row = {
         "key": sample.key,
         "source": source,
-        "origin": ref.path if ref else None,
+        "origin": ref.path if ref else sample.origin,
         "image": None,
         "width": None,
         "height": None,
@@ -148,7 +188,7 @@ def sample_row(sample: Sa1bSample, source: str = "sa1b") -> dict:
     }
     try:
         if sample.problem:
-            raise UnsafeMember(sample.problem)
+            raise SampleError(sample.problem, status=sample.status)
         if sample.image is None:
             raise MissingPartner(f"{sample.key}: annotation JSON without its image {sample.key}.jpg")
         row["image"] = sample.image.read()
