@@ -78,7 +78,8 @@ def test_build_sam_from_local_hub_then_build_proxies(env, hub, tmp_path, ray_ses
         png = tar.extractfile("sam_mask/sa_2.png").read()
         jpg = tar.extractfile("sam_selection/sa_2.jpg").read()
     assert rows["sa_2"]["sam_mask"]["bytes"] == png and rows["sa_2"]["image"]["bytes"] == jpg
-    assert rows["sa_99.jpg"]["status"] == "unsafe_member" and rows["sa_99.jpg"]["image"] is None
+    evil = rows["sam_selection-00001.tar:sa_99.jpg"]  # keyed by tar and member: unique across tars
+    assert evil["status"] == "unsafe_member" and evil["image"] is None
     assert [p.name for p in shards.list_shards(out)] == ["shard-00100.parquet", "shard-00200.parquet"]
     assert not any(p.name == "evil.jpg" for p in tmp_path.rglob("*"))
 

@@ -124,13 +124,14 @@ def test_pairing_across_tars_gives_rows_and_error_rows(tmp_path):
     scanned = [(str(p), *tar_safe.scan(p)) for p in (images, masks)]
     samples = sam_layout.pair_members(scanned)
     rows = {r["key"]: r for chunk in sam_layout.read_sam_task(ShardTask(0, samples)) for r in _rows(chunk)}
-    assert set(rows) == {"sa_1", "sa_2", "sa_3", "sa_1#dup"}
+    dup_key = "sa_1#dup:sam_selection-00001.tar:sam_selection/sa_1.jpeg"
+    assert set(rows) == {"sa_1", "sa_2", "sa_3", dup_key}
     ok = rows["sa_1"]
     assert ok["status"] == "ok" and ok["image"] == jpg and ok["sam_mask"] == png
     assert (ok["width"], ok["height"]) == (768, 768)
     assert rows["sa_2"]["status"] == "missing_partner" and "sam_mask/sa_2.png" in rows["sa_2"]["error"]
     assert rows["sa_3"]["status"] == "bad_image" and "truncated" in rows["sa_3"]["error"]
-    assert rows["sa_1#dup"]["status"] == "duplicate_member"
+    assert rows[dup_key]["status"] == "duplicate_member"
 
 
 def test_corrupt_mask_is_a_bad_target_row(tmp_path):

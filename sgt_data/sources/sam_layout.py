@@ -130,7 +130,7 @@ def pair_members(tars: list[tuple[str, list[tar_safe.Member], list[tar_safe.Reje
                 continue  # webdataset extras (e.g. __key__.txt) carry no sample
             role, key = ROLES[mm["ext"].lower()], mm["key"]
             if role in found.get(key, {}):
-                errors.append(SamSample(f"{key}#dup", f"{tar_name}:{m.name}", status="duplicate_member",
+                errors.append(SamSample(f"{key}#dup:{tar_name}:{m.name}", f"{tar_name}:{m.name}", status="duplicate_member",
                                         error=f"{tar_name} member {m.name!r}: a second {role} for {key}; the first "
                                         "one is used, this one is dropped"))  # fmt: skip
                 continue
@@ -138,7 +138,12 @@ def pair_members(tars: list[tuple[str, list[tar_safe.Member], list[tar_safe.Reje
             origin.setdefault(key, f"{tar_name}:{m.name}")
         for r in rejected:
             errors.append(
-                SamSample(r.name, f"{tar_name}:{r.name}", status=UnsafeMember.status, error=r.message())
+                SamSample(
+                    f"{tar_name}:{r.name}",
+                    f"{tar_name}:{r.name}",
+                    status=UnsafeMember.status,
+                    error=r.message(),
+                )
             )
     samples = [SamSample(k, origin[k], refs) for k, refs in sorted(found.items())]
     return samples + sorted(errors, key=lambda s: s.key)
@@ -151,8 +156,9 @@ def probe(data: bytes, what: str, error: type[SampleError]) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height, fmt = im.width, im.height, im.format
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad bytes
-        raise error(f"{what}: not a readable image ({type(e).__name__}: {e})") from e
+    except Exception:  # noqa: BLE001 - PIL raises many types for bad bytes
+        # A fixed message: PIL's texts can hold object addresses, and shards must be byte-reproducible.
+        raise error(f"{what}: not a readable image ({len(data)} bytes starting {data[:8].hex()})") from None
     tail = data[-1024:]
     if (fmt == "JPEG" and b"\xff\xd9" not in tail) or (fmt == "PNG" and b"IEND" not in tail):
         raise error(f"{what}: truncated {fmt} ({len(data)} bytes, no end marker); re-download the shard")
