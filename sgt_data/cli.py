@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["HF_HUB_DISABLE_XET"] = "1"  # e.g. push: classic LFS uploads, whatever the endpoint
     try:
         return int(module.run(args) or 0)
+    except Exception as e:
+        if type(e).__name__ != "PlanChanged":  # runner.PlanChanged, without importing the runner here
+            raise
+        print(f"sgt-data {' '.join(words)}: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("sgt-data: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

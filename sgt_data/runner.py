@@ -36,6 +36,8 @@ class ShardTask:
     inputs: Any
     rows_hint: int = 0
     bytes_hint: int = 0
+    fingerprint: str | None = None
+    """Set by `run`: digest of the plan + this task's inputs, recorded in the shard's completion marker."""
 
 
 @dataclass
@@ -48,6 +50,10 @@ class RunOptions:
     chunk_size: int = 16
     actor_concurrency: int | None = None
     executor: str = "auto"
+
+
+class PlanChanged(Exception):
+    """The output folder holds shards that this plan would not produce (other settings, inputs or sharding)."""
 
 
 @dataclass
@@ -148,7 +154,8 @@ def process_shard(
     if "key" not in rows or not parts:
         rows = {c: [] for c in columns}
     table = shards.to_table(rows, columns)
-    return shards.finish_shard(Path(out_dir), task.index, table, {"seconds": round(time.time() - started, 3)})
+    seconds = {"seconds": round(time.time() - started, 3)}
+    return shards.finish_shard(Path(out_dir), task.index, table, seconds, fingerprint=task.fingerprint)
 
 
 def _process_shard_in_worker(*args: Any) -> dict:
@@ -206,13 +213,22 @@ def run(
     columns: list[str],
     out_dir: str | Path,
     opts: RunOptions,
+    plan: Any = None,
+    exclusive: bool = True,
 ) -> RunResult:
-    """Run every task not yet completed (all with `overwrite`) on Ray; shards are written by the tasks."""
+    """Run every task not yet completed (all with `overwrite`); shards are written by the tasks.
+
+    `plan` (the resolved spec, levels, inputs: plain data) goes into every shard's fingerprint. With `exclusive`,
+    the folder holds this plan's shards only: shards of other indices are stale (from another sharding) and are
+    refused, or deleted with `overwrite`. Without it (incremental builds of subsets, e.g. `build sam --shards`),
+    other shards are left alone."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".shard-*.tmp-*"):  # half-written by a killed run; never a completed shard
         stale.unlink(missing_ok=True)
     result = RunResult()
+    stamp(tasks, steps, columns, plan)
+    check_plan(out, tasks, opts.overwrite, exclusive)
     todo = []
     for task in tasks:
         if not opts.overwrite and shards.is_complete(out, task.index):
@@ -234,6 +250,57 @@ def run(
         bar.close()
     result.seconds = time.time() - started
     return result
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able view of a step's settings (loaded models and other objects are left out)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return None
+
+
+def stamp(tasks: list[ShardTask], steps: list[Any], columns: list[str], plan: Any) -> None:
+    """Give every task its fingerprint: the plan, the steps' settings, the columns and the task's own inputs."""
+    import hashlib
+    import json
+
+    recipe = {
+        "plan": _plain(plan),
+        "columns": list(columns),
+        "steps": [[type(s).__name__, {k: _plain(v) for k, v in sorted(vars(s).items())}] for s in steps],
+    }
+    base = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+    for task in tasks:
+        h = base.copy()
+        h.update(repr((task.index, task.rows_hint, task.bytes_hint, task.inputs)).encode())
+        task.fingerprint = h.hexdigest()[:24]
+
+
+def check_plan(out: Path, tasks: list[ShardTask], overwrite: bool, exclusive: bool) -> None:
+    """Refuse (or, with `overwrite`, clear) completed shards that another plan produced."""
+    wanted = {t.index: t.fingerprint for t in tasks}
+    stale = sorted(i for i in shards.shard_indices(out) if i not in wanted) if exclusive else []
+    changed = sorted(
+        i
+        for i, fp in wanted.items()
+        if shards.is_complete(out, i) and shards.marker_fingerprint(out, i) != fp
+    )
+    if overwrite:
+        for index in stale:
+            shards.remove_shard(out, index)
+        return
+    if stale or changed:
+        names = ", ".join(shards.shard_stem(i) for i in (changed + stale)[:6])
+        more = len(changed) + len(stale) - 6
+        raise PlanChanged(
+            f"{out} holds {len(changed) + len(stale)} shard(s) built with other settings, inputs or sharding "
+            f"({names}{f' and {more} more' if more > 0 else ''}); pass --overwrite to rebuild it, or use a new "
+            "--output"
+        )
 
 
 def _run_local(todo, reader, steps, columns, out: str, opts: RunOptions):

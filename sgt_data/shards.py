@@ -176,20 +176,54 @@ def status_counts(table: pa.Table) -> dict[str, int]:
     return dict(sorted(Counter(table.column("status").to_pylist()).items()))
 
 
-def finish_shard(out_dir: Path, index: int, table: pa.Table, extra_stats: dict | None = None) -> dict:
-    """Write shard `index`, then its stats, then its completion marker (in that order: marker = done)."""
+def finish_shard(
+    out_dir: Path,
+    index: int,
+    table: pa.Table,
+    extra_stats: dict | None = None,
+    fingerprint: str | None = None,
+) -> dict:
+    """Write shard `index`, then its stats, then its completion marker (in that order: marker = done).
+
+    The marker records the shard's `fingerprint` (what produced it: spec, steps, inputs) so a rerun can tell a
+    shard of the same plan from one built with other settings."""
     started = time.time()
     write_table_atomic(table, out_dir / shard_name(index))
     stats = {"shard": shard_name(index), "rows": table.num_rows, "status": status_counts(table)}
     stats.update(extra_stats or {})
     stats["write_seconds"] = round(time.time() - started, 3)
     write_json_atomic(stats, out_dir / "stats" / f"{shard_stem(index)}.json")
-    write_json_atomic({"rows": table.num_rows}, out_dir / "completions" / shard_stem(index))
+    marker = {"rows": table.num_rows, **({"fingerprint": fingerprint} if fingerprint else {})}
+    write_json_atomic(marker, out_dir / "completions" / shard_stem(index))
     return stats
 
 
 def is_complete(out_dir: Path, index: int) -> bool:
     return (out_dir / "completions" / shard_stem(index)).exists() and (out_dir / shard_name(index)).exists()
+
+
+def marker_fingerprint(out_dir: Path, index: int) -> str | None:
+    """The fingerprint recorded in shard `index`'s completion marker (None if absent or unreadable)."""
+    try:
+        return json.loads((out_dir / "completions" / shard_stem(index)).read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def remove_shard(out_dir: Path, index: int) -> None:
+    """Delete a shard with its marker and stats (marker first: a half-removed shard is never 'done')."""
+    (out_dir / "completions" / shard_stem(index)).unlink(missing_ok=True)
+    (out_dir / shard_name(index)).unlink(missing_ok=True)
+    (out_dir / "stats" / f"{shard_stem(index)}.json").unlink(missing_ok=True)
+
+
+def shard_indices(out_dir: Path) -> set[int]:
+    """Indices of the shards present in a folder (files or markers)."""
+    found = {int(p.stem.split("-")[1]) for p in Path(out_dir).glob(SHARD_GLOB)}
+    completions = Path(out_dir) / "completions"
+    if completions.is_dir():
+        found |= {int(p.name.split("-")[1]) for p in completions.glob("shard-*")}
+    return found
 
 
 def list_shards(folder: str | Path) -> list[Path]:

@@ -212,3 +212,24 @@ def test_canonical_shards_are_an_input_and_sam_masks_are_used(ray_session, sa1b_
         seg = cv2.imdecode(np.frombuffer(row["seg"]["bytes"], np.uint8), cv2.IMREAD_COLOR)
         assert seg.shape[:2] == (row["height"], row["width"])
         assert len(np.unique(seg.reshape(-1, 3), axis=0)) == 2, "NEAREST keeps exactly the mask's colours"
+
+
+def test_a_changed_plan_is_refused_then_rebuilt_whole_with_overwrite(
+    ray_session, sa1b_sample, tmp_path, capsys
+):
+    n_inputs = len(list(sa1b_sample.glob("sa_*.jpg")))
+    out = tmp_path / "out"
+    assert build(sa1b_sample, out, "--level", "seg", "--set", "shard_rows=2", "--executor", "local") == 0
+    for change in (["--set", "shard_rows=4"], ["--set", "shard_rows=2", "--set", "seed=1"]):
+        capsys.readouterr()
+        assert build(sa1b_sample, out, "--level", "seg", *change, "--executor", "local") == 2
+        assert "--overwrite" in capsys.readouterr().err
+    assert build(sa1b_sample, out, "--level", "seg", "--set", "shard_rows=4", "--overwrite") == 0
+    assert len(shards.list_shards(out)) == -(-n_inputs // 4), "stale shards of the old sharding are removed"
+    assert (
+        len(list((out / "completions").iterdir()))
+        == len(list((out / "stats").iterdir()))
+        == -(-n_inputs // 4)
+    )
+    keys = [r["key"] for r in shards.iter_rows(out, ["key"])]
+    assert len(keys) == len(set(keys)) == n_inputs

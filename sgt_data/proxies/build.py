@@ -286,7 +286,8 @@ def run(args) -> int:
     )
     from sgt_data import runner
 
-    result = runner.run(tasks, reader, steps, columns, out, opts)
+    plan = {"spec": config.to_dict(spec), "levels": levels, "input": str(input_path.resolve()), "kind": kind}
+    result = runner.run(tasks, reader, steps, columns, out, opts, plan=plan)
     manifest = shards.write_manifest(
         out,
         kind="proxies",

@@ -266,7 +266,9 @@ def _run_and_record(args, spec, out, tasks, reader, started, rejected, kept: int
 
     opts = options_from_args(args)
     opts.chunk_size = spec.chunk_size
-    result = runner.run(tasks, reader, [], shards.INGEST_COLUMNS, out, opts)
+    # Subsets (--shards) build into the same folder over several runs: other shards there are not stale.
+    plan = {"spec": config.to_dict(spec), "source": fields.get("input_kind")}
+    result = runner.run(tasks, reader, [], shards.INGEST_COLUMNS, out, opts, plan=plan, exclusive=False)
     for r in rejected[:10]:
         print(f"build sam: rejected {r.message()}", file=sys.stderr)
     if len(rejected) > 10:
