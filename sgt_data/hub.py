@@ -40,11 +40,16 @@ def add_hub_arguments(
     g.add_argument("--token-env", default="HF_TOKEN", help=f"{token_help}: name of the variable to read")
 
 
-def get_token(env_var: str = "HF_TOKEN") -> str | None:
-    """Token from `env_var`, else from the saved login; None for anonymous access. Never printed."""
+def get_token(env_var: str = "HF_TOKEN", endpoint: str | None = None) -> str | None:
+    """Token from `env_var`, else from the saved login; None for anonymous access. Never printed.
+
+    The saved login is a huggingface.co credential: it is used only for the public Hub. A mirror or any other
+    endpoint gets a token only when the user puts one in `env_var` for it."""
     token = os.environ.get(env_var)
     if token:
         return token
+    if endpoint is not None and endpoint.rstrip("/") != DEFAULT_ENDPOINT:
+        return None
     try:
         from huggingface_hub import get_token as saved_token
 

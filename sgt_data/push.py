@@ -247,7 +247,8 @@ def _fail(message: str, token: str | None) -> int:
 
 def run(args) -> int:
     """Validate, create the repo, push shards in committed chunks, then the card and manifest."""
-    token = hub.get_token(args.token_env)
+    endpoint = None if args.mirror else hub.resolve_endpoint(args.endpoint)  # --mirror is refused in _push
+    token = hub.get_token(args.token_env, endpoint)
     try:
         return _push(args, token)
     except PushError as exc:

@@ -205,7 +205,7 @@ def test_run_refuses_mirror_and_missing_token(built: Path, monkeypatch, capsys):
     from sgt_data import hub
 
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setattr(hub, "get_token", lambda env: None)
+    monkeypatch.setattr(hub, "get_token", lambda env, endpoint=None: None)
     parser = argparse.ArgumentParser()
     push.add_arguments(parser)
     args = parser.parse_args([str(built), "--repo-id", "o/n", "--mirror"])

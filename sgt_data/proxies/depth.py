@@ -127,7 +127,7 @@ def check_model(model: str, endpoint: str | None = None, explicit: bool = True) 
     if constants.HF_HUB_OFFLINE:
         return f"{what} {model} is not in the local Hub cache and HF_HUB_OFFLINE is set.\n{how}"
     try:
-        hub.api(endpoint, hub.get_token()).model_info(model, timeout=10)
+        hub.api(endpoint, hub.get_token(endpoint=endpoint)).model_info(model, timeout=10)
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable now"; the reason is reported
         reason = hub.redact(f"{type(exc).__name__}: {exc}").splitlines()[0][:300]
         return f"{what} {model} is neither a local folder nor reachable on {endpoint} ({reason}).\n{how}"

@@ -107,7 +107,10 @@ def make_source(args, spec):
 
     endpoint = hub.resolve_endpoint(args.endpoint, args.mirror)
     return HubSource(
-        args.repo_id or spec.repo_id, args.revision or spec.revision, endpoint, hub.get_token(args.token_env)
+        args.repo_id or spec.repo_id,
+        args.revision or spec.revision,
+        endpoint,
+        hub.get_token(args.token_env, endpoint),
     )
 
 

@@ -102,7 +102,7 @@ def _from_hub(args, spec: SamSpec, out: Path, started: float) -> int:
     from sgt_data.sources.sam_layout import discover_layout, select
 
     endpoint = hub.resolve_endpoint(args.endpoint, args.mirror)
-    token = hub.get_token(args.token_env)
+    token = hub.get_token(args.token_env, endpoint)
     listing = hub_download.list_repo(endpoint, spec.repo_id, spec.repo_type, spec.revision, token)
     where = f"{spec.repo_id}@{listing.commit[:12]} on {endpoint}"
     layout = discover_layout([f.path for f in listing.files], where)
