@@ -153,13 +153,25 @@ def install_timeouts(seconds: float) -> None:
     Without them a connection that stalls without being reset (the "bad link" case) blocks a push forever;
     with them the stalled request times out and is retried. Timeouts bound the silence between bytes, not a
     whole upload, so slow but moving transfers are not cut. The library's own client keeps its event hooks."""
-    import httpx2
-    from huggingface_hub import get_session, set_client_factory
+    import huggingface_hub
 
-    template = get_session()
+    try:  # huggingface_hub 2.x builds on httpx2, 1.x on httpx; both expose set_client_factory
+        import httpx2 as httpx
+    except ImportError:
+        import httpx
+    if not hasattr(huggingface_hub, "set_client_factory"):
+        print(
+            f"sgt-data push: huggingface_hub {huggingface_hub.__version__} cannot take HTTP timeouts; a link that "
+            "goes silent may hang the push (upgrade huggingface_hub to 1.31 or newer)",
+            file=sys.stderr,
+        )
+        return
+    template = huggingface_hub.get_session()
     hooks, redirects = template.event_hooks, template.follow_redirects
-    timeout = httpx2.Timeout(seconds, connect=min(seconds, 30.0))
-    set_client_factory(lambda: httpx2.Client(event_hooks=hooks, follow_redirects=redirects, timeout=timeout))
+    timeout = httpx.Timeout(seconds, connect=min(seconds, 30.0))
+    huggingface_hub.set_client_factory(
+        lambda: httpx.Client(event_hooks=hooks, follow_redirects=redirects, timeout=timeout)
+    )
 
 
 def check_xet(endpoint: str) -> None:
