@@ -31,6 +31,10 @@ def resolve(kind: str, name_or_path: str | Path) -> Path:
     candidate = Path(name_or_path)
     if candidate.is_file():
         return candidate
+    # A path (not a bare name or `recipes/NAME.yaml` as the docs write it) that does not exist is an error: a
+    # typo must not silently fall back to the bundled copy of the same name.
+    if len(candidate.parts) > 1 and candidate.parts[-2:-1] != (kind,):
+        raise FileNotFoundError(f"{kind[:-1]} file {str(name_or_path)!r} does not exist")
     stem = candidate.name.removesuffix(".yaml")
     for folder in bundled_dirs(kind):
         path = folder / f"{stem}.yaml"

@@ -69,3 +69,6 @@ def test_specs_resolve_bundled_names_and_paths(tmp_path):
     assert specs.resolve("pipelines", str(own)) == own
     with pytest.raises(FileNotFoundError, match="no pipeline 'nothing'"):
         specs.resolve("pipelines", "nothing")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        specs.resolve("pipelines", str(tmp_path / "typo" / "proxies.yaml"))  # never the bundled proxies.yaml
+    assert specs.resolve("pipelines", "pipelines/proxies.yaml").name == "proxies.yaml"  # as the docs write it
