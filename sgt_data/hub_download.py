@@ -270,9 +270,12 @@ def download_all(
     def one(f: RemoteFile) -> Path:
         return download_file(listing.url(f.path), dest, f, headers, retries, timeout, on_bytes=count)
 
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            return list(pool.map(one, files))
+        return list(pool.map(one, files))
     finally:
+        # On a failure, report it now: queued downloads are cancelled instead of run (hours on a 190 GB plan);
+        # files already being fetched finish or fail on their own, and a rerun resumes them.
+        pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()

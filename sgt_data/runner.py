@@ -95,17 +95,13 @@ def options_from_args(args) -> RunOptions:
 # ---------------------------------------------------------------- per-shard work (runs inside Ray workers)
 
 
-_SETUP_DONE: dict[int, Any] = {}
-
-
 def _ready(step: Any) -> Any:
-    """Call a step's heavy `setup()` once per worker process (steps are pickled fresh per task)."""
-    key = id(step)
-    if key not in _SETUP_DONE:
+    """Call a step's heavy `setup()` once per step object: once per task in Ray workers (steps arrive pickled
+    with each task), once per run in the local executor (the same objects serve every shard)."""
+    if not getattr(step, "_sgt_ready", False):
         if hasattr(step, "setup"):
             step.setup()
-        _SETUP_DONE.clear()  # one task's steps at a time; earlier ones are garbage
-        _SETUP_DONE[key] = step
+        step._sgt_ready = True
     return step
 
 
@@ -271,7 +267,10 @@ def stamp(tasks: list[ShardTask], steps: list[Any], columns: list[str], plan: An
     recipe = {
         "plan": _plain(plan),
         "columns": list(columns),
-        "steps": [[type(s).__name__, {k: _plain(v) for k, v in sorted(vars(s).items())}] for s in steps],
+        "steps": [
+            [type(s).__name__, {k: _plain(v) for k, v in sorted(vars(s).items()) if not k.startswith("_")}]
+            for s in steps
+        ],
     }
     base = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     for task in tasks:
