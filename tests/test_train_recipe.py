@@ -90,6 +90,19 @@ def test_preflight_refuses_missing_paths(tmp_path):
     assert "holds no shard-*.parquet" in text and "checkpoint folder" in text
 
 
+def test_preflight_refuses_a_task_the_proxy_folder_lacks(tmp_path):
+    from support.built import write_fixture_shards
+
+    proxy, vqa = write_fixture_shards(tmp_path / "shards")  # seg + edge, no depth
+    data = _minimal(tmp_path)
+    data["data"] = {"proxies": [str(proxy)], "vqa": [str(vqa)]}
+    data["mixing"] = {"ratio": {"depth": 2, "vqa": 1}, "samples_per_step": 3}
+    problems = preflight(load_recipe(_write(tmp_path / "r.yaml", data)))
+    assert any("has no depth targets" in p and "--level depth" in p for p in problems), problems
+    data["mixing"]["ratio"] = {"edge": 2, "vqa": 1}
+    assert preflight(load_recipe(_write(tmp_path / "r.yaml", data))) == []
+
+
 def test_every_field_is_documented():
     rows = describe(Recipe)
     assert {

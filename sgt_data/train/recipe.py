@@ -221,10 +221,20 @@ def preflight(recipe: Recipe) -> list[str]:
     active = {t for t, r in recipe.mixing.ratio.items() if r > 0}
     for key, used in (("proxies", bool(active & set(GEN_TASKS))), ("vqa", "vqa" in active)):
         for folder in getattr(recipe.data, key) if used else []:
-            if not list(Path(folder).glob("shard-*.parquet")):
+            found = sorted(Path(folder).glob("shard-*.parquet"))
+            if not found:
                 problems.append(
                     f"data.{key}: {folder} holds no shard-*.parquet (build it with sgt-data build)"
                 )
+            elif key == "proxies":
+                import pyarrow.parquet as pq
+
+                columns = set(pq.read_schema(found[0]).names)
+                for task in sorted(active & set(GEN_TASKS) - columns):
+                    problems.append(
+                        f"data.proxies: {folder} has no {task} targets (mixing.ratio trains {task}); build it "
+                        f"with `sgt-data build proxies --level {task}`, or drop {task} from mixing.ratio"
+                    )
     resume = recipe.train.resume
     if resume not in ("auto", "never") and not Path(resume).is_dir():
         problems.append(f"train.resume: checkpoint folder {resume} does not exist")
