@@ -288,4 +288,11 @@ def _run_and_record(args, spec, out, tasks, reader, started, rejected, kept: int
         f"build sam: wrote {len(result.written)} shard(s), kept {len(result.skipped) + kept} completed; "
         f"{manifest['rows']} rows {manifest['counts']} -> {out}"
     )
+    # Counts in == counts out for what this run planned: every sample (and rejected member) is a row.
+    planned = sum(t.rows_hint for t in tasks)
+    stats = {s["shard"]: s["rows"] for s in shards.read_stats(out)}
+    written = sum(stats.get(shards.shard_name(t.index), 0) for t in tasks)
+    if written != planned:
+        print(f"sgt-data build sam: {planned} samples planned but {written} rows written", file=sys.stderr)
+        return 1
     return 0
