@@ -39,24 +39,26 @@ def make_palette(n_labels: int, key: str, seed: int = 0) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _render(labels, lut, out):  # pragma: no cover - compiled
-    """out[y, x] = lut[labels[y, x]] for a C-contiguous label map."""
-    height, width = labels.shape
-    for y in range(height):
-        for x in range(width):
-            label = labels[y, x]
-            out[y, x, 0] = lut[label, 0]
-            out[y, x, 1] = lut[label, 1]
-            out[y, x, 2] = lut[label, 2]
+def _render(labels, lut32, out32):  # pragma: no cover - compiled
+    """out32[i] = lut32[labels[i]] over flat arrays: one 4-byte store per pixel (B, G, R, 0 in memory order)."""
+    for i in range(labels.size):
+        out32[i] = lut32[labels[i]]
 
 
 def render_bgr(labels: np.ndarray, palette_rgb: np.ndarray) -> np.ndarray:
-    """HxW uint16 label map -> HxWx3 uint8 BGR (C-contiguous, ready for cv2.imencode) through the RGB palette."""
+    """HxW uint16 label map -> HxWx3 uint8 BGR (C-contiguous, ready for cv2.imencode) through the RGB palette.
+
+    Pixels are looked up as packed 32-bit BGRx words, then cv2 drops the 4th byte with SIMD: ~2x faster than
+    writing three separate bytes per pixel (1.9 vs 3.6 ms at 1500x2250)."""
     if int(labels.max(initial=0)) >= len(palette_rgb):
         raise ValueError(f"label {int(labels.max())} has no palette entry ({len(palette_rgb)} colours)")
-    out = np.empty((*labels.shape, 3), np.uint8)
-    _render(np.ascontiguousarray(labels, np.uint16), np.ascontiguousarray(palette_rgb[:, ::-1]), out)
-    return out
+    rgb = palette_rgb.astype(np.uint32)
+    lut32 = rgb[:, 2] | (rgb[:, 1] << 8) | (rgb[:, 0] << 16)  # little-endian bytes: B, G, R, 0
+    flat = np.ascontiguousarray(labels, np.uint16).ravel()
+    packed = np.empty(flat.size, np.uint32)
+    _render(flat, lut32, packed)
+    bgrx = packed.view(np.uint8).reshape(*labels.shape, 4)
+    return cv2.cvtColor(bgrx, cv2.COLOR_BGRA2BGR)
 
 
 def encode_png(img: np.ndarray) -> bytes:
