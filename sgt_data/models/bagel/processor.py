@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from sgt_data.models.targets import to_rgb8
+
 from ..base import GEN_TASKS
 
 
@@ -125,7 +127,9 @@ class BagelProcessor:
         from PIL import Image
 
         image = to_rgb(open_image(row.get("image"), f"row {key} image"))
-        target = to_rgb(open_image(row.get(task), f"row {key} {task} target"))
+        target = to_rgb(
+            to_rgb8(open_image(row.get(task), f"row {key} {task} target"))
+        )  # 16-bit depth: rescaled
         if target.size != image.size:
             target = target.resize(image.size, Image.NEAREST)
         prompt = row.get(f"prompt_{task}") or ""

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from sgt_data.models.targets import to_rgb8
+
 from ..base import GEN_TASKS
 from .mllm import IMAGE_BLOCK, SYSTEM_CHAT, chat_turn, expand_image_pads, gen_prompt, special_id
 
@@ -34,7 +36,7 @@ def decode_image(cell: Any, what: str):
             data = fh.read()
     if data is None:
         raise ValueError(f"{what}: image cell has neither bytes nor path")
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return to_rgb8(Image.open(io.BytesIO(data)))  # 16-bit depth targets rescaled, not clipped to white
 
 
 def output_size(width: int, height: int, max_pixels: int, max_side: int = 2048, multiple: int = 16):
