@@ -130,7 +130,7 @@ def build_configs(
                 {
                     "config_name": name,
                     "data_files": files,
-                    "filters": [["category", "==", category]],
+                    "filters": [["category", "==", category], ["status", "==", "ok"]],
                 }
             )
     return configs

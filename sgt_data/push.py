@@ -349,8 +349,11 @@ def final_files(report, args, data_files: list[str], token: str | None) -> dict[
     schema = pq.read_schema(report.complete_shards[0])
     categories: Counter = Counter()
     if "category" in schema.names:
-        for path in report.complete_shards:
-            categories.update(pq.read_table(path, columns=["category"]).column("category").to_pylist())
+        for path in report.complete_shards:  # the category configs hold `ok` rows only: count those
+            table = pq.read_table(path, columns=["category", "status"]).to_pydict()
+            categories.update(
+                c for c, st in zip(table["category"], table["status"], strict=True) if st == "ok"
+            )
     categories.pop(None, None)
     command = ["sgt-data", "push", str(args.folder), "--repo-id", args.repo_id]
     command += ["--public"] * args.public + ["--allow-partial"] * args.allow_partial

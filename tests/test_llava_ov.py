@@ -74,6 +74,9 @@ def test_rescale_keeps_ratios_and_sums_exactly():
     for config, (_, n) in table.items():
         assert abs(n - base[config][1] * 500000 / 74000) < 1  # largest remainder: within one row of exact
     assert ovspec.rescale({"a": 1, "b": 1, "c": 1}, 2) == {"a": 1, "b": 1, "c": 0}  # ties break by order
+    # c and d have equal true remainders: the tie goes to the earlier config (float remainders gave it to d)
+    counts = {"a": 4437, "b": 3563, "c": 3733, "d": 7803}
+    assert ovspec.rescale(counts, 503088) == {"a": 114261, "b": 91754, "c": 96132, "d": 200941}
 
 
 def test_fix_missing_and_exclude_are_explicit():
@@ -251,6 +254,26 @@ def test_check_row_accepts_images_and_text_only():
         ),
         (None, _conv("<image>\n<image> two"), "bad_conversation", "2 <image> placeholder(s) for 0"),
         (None, [{"from": "human"}], "bad_conversation", "turn 0 has no string `value`"),
+        (None, [{"from": "human", "value": "q"}], "bad_conversation", "no non-empty gpt answer"),
+        (
+            None,
+            [{"from": "human", "value": "q"}, {"from": "gpt", "value": " "}],
+            "bad_conversation",
+            "no non-empty",
+        ),
+        (
+            None,
+            [{"from": "user", "value": "q"}, {"from": "assistant", "value": "a"}],
+            "bad_conversation",
+            "human / gpt",
+        ),
+        (None, [{"from": "system", "value": "s"}, *_conv("q")], "bad_conversation", "role 'system'"),
+        (
+            {"bytes": _png((3000, 10)), "path": None},
+            _conv("<image>\nq"),
+            "bad_image",
+            "aspect ratio over 200",
+        ),
     ],
 )
 def test_bad_rows_become_status_rows(image, conv, status, needle):

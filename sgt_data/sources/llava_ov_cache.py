@@ -146,7 +146,10 @@ def _drop_stale_shards(out: Path, keep: int) -> None:
         index = int(path.stem.split("-")[1])
         if index >= keep:
             stem = shards.shard_stem(index)
-            for stale in (path, out / "completions" / stem, out / "stats" / f"{stem}.json"):
+            fetch_record = (
+                out / PLAN_DIR / "fetch" / f"{stem}.json"
+            )  # else the manifest's byte totals count it
+            for stale in (path, out / "completions" / stem, out / "stats" / f"{stem}.json", fetch_record):
                 stale.unlink(missing_ok=True)
 
 

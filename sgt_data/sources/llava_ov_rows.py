@@ -19,6 +19,9 @@ from sgt_data.errors import OK, BadConversation, BadImage, SampleError
 IMAGE_TOKEN = "<image>"
 READ_COLUMNS = ["id", "image", "conversations"]
 
+ROLES = ("human", "gpt")
+MAX_ASPECT = 200
+
 
 def origin_of(path: str, row_group: int, row: int) -> str:
     """Where a kept row came from: `<config>/<file>.parquet:<row group>:<row in group>` (colons never occur in
@@ -35,9 +38,13 @@ def chunk_from_table(
         c: [] for c in ("key", "source", "category", "origin", "image", "conversations")
     }
     for row, rec in zip(rows, picked):
+        # LLaVA-format ids are not unique (often the image file name, shared by its QA rows): the key adds where
+        # the row was read, so every kept row has its own key and `validate` / `push` accept the folder.
         ident = rec.get("id")
-        key = f"{config}/{ident}" if ident not in (None, "") else f"{config}/{path}:{row_group}:{row}"
-        chunk["key"].append(key)
+        where = origin_of(
+            path.rsplit("/", 1)[-1], row_group, row
+        )  # file name: the config is in the key already
+        chunk["key"].append(f"{config}/{ident}@{where}" if ident not in (None, "") else f"{config}/{where}")
         chunk["source"].append(config)
         chunk["category"].append(category)
         chunk["origin"].append(origin_of(path, row_group, row))
@@ -72,7 +79,14 @@ def normalize_conversations(value: Any) -> list[dict[str, str]]:
             raise BadConversation(f"turn {i} has no string `from` field")
         if not isinstance(turn.get("value"), str):
             raise BadConversation(f"turn {i} has no string `value` field")
+        if turn["from"] not in ROLES:
+            # The ports train on LLaVA's two roles; anything else would stop a training run at this row.
+            raise BadConversation(
+                f"turn {i} role {turn['from']!r}: LLaVA-OneVision rows use human / gpt only"
+            )
         turns.append({"from": turn["from"], "value": turn["value"]})
+    if not any(t["from"] == "gpt" and t["value"].strip() for t in turns):
+        raise BadConversation("no non-empty gpt answer: the row has nothing to train on")
     return turns
 
 
@@ -90,6 +104,7 @@ def check_image(image: Any) -> dict | None:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
             im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # JPEG: decode at 1/8 scale
             im.load()
     except Exception as err:  # noqa: BLE001 - any decoder failure means the bytes are unusable
@@ -97,6 +112,9 @@ def check_image(image: Any) -> dict | None:
         # same input always gives the same shard bytes.
         reason = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the bytes", str(err))
         raise BadImage(f"image bytes ({len(data)} B) do not decode: {reason}") from err
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        # Qwen2-VL's resizer (OmniGen2) refuses such images; a training run must not meet them.
+        raise BadImage(f"image is {width}x{height}: aspect ratio over {MAX_ASPECT}:1 cannot be tokenised")
     return {"bytes": data, "path": image.get("path")}
 
 

@@ -10,7 +10,6 @@ keeps every config's share of the table by largest-remainder rounding, so the co
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,10 +97,12 @@ def rescale(counts: dict[str, int], total: int) -> dict[str, int]:
         raise ValueError(f"--total must be >= 0, got {total}")
     if current == 0:
         raise ValueError("cannot rescale a table whose counts sum to 0")
-    exact = {k: v * total / current for k, v in counts.items()}
-    out = {k: math.floor(x) for k, x in exact.items()}
+    # Integer arithmetic: float remainders differ by ulps, which would break ties against the table order.
+    split = {k: divmod(v * total, current) for k, v in counts.items()}
+    out = {k: q for k, (q, _) in split.items()}
     left = total - sum(out.values())
-    order = sorted(exact, key=lambda k: (-(exact[k] - out[k]), list(counts).index(k)))
+    position = {k: i for i, k in enumerate(counts)}
+    order = sorted(split, key=lambda k: (-split[k][1], position[k]))
     for k in order[:left]:
         out[k] += 1
     return out
@@ -122,6 +123,8 @@ def quotas(
         for config, count in cat.configs.items():
             if fix_missing and config in spec.replacements:
                 for sub, sub_count in spec.replacements[config].items():
+                    if sub in table:  # two replacements (or a base config) naming it: counts would be lost
+                        raise ValueError(f"--fix-missing: {sub!r} is listed twice in the table; list it once")
                     table[sub] = (name, sub_count)
             else:
                 table[config] = (name, count)
