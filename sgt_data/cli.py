@@ -16,6 +16,8 @@ import importlib
 import os
 import sys
 
+from sgt_data.errors import PlanChanged
+
 MIRROR_ENDPOINT = "https://hf-mirror.com"
 
 # (words, module, one-line help). Order is the order `--help` shows.
@@ -96,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["HF_HUB_DISABLE_XET"] = "1"  # e.g. push: classic LFS uploads, whatever the endpoint
     try:
         return int(module.run(args) or 0)
-    except Exception as e:
-        if type(e).__name__ != "PlanChanged":  # runner.PlanChanged, without importing the runner here
-            raise
+    except PlanChanged as e:
         print(f"sgt-data {' '.join(words)}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

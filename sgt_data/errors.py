@@ -62,3 +62,8 @@ class UnsafeMember(SampleError):
     """A tar member that would write outside the output folder (absolute, `..`, link, device)."""
 
     status = "unsafe_member"
+
+
+class PlanChanged(Exception):
+    """Not a sample error: the output folder holds shards that this plan would not produce (other settings,
+    inputs or sharding). Commands report it and exit 2; `--overwrite` rebuilds the folder."""

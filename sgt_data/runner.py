@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sgt_data import actor_pool, shards
+from sgt_data.errors import PlanChanged
 
 Batch = dict[str, list]
 
@@ -47,13 +48,8 @@ class RunOptions:
     overwrite: bool = False
     verbose: bool = False
     progress: bool = True
-    chunk_size: int = 16
     actor_concurrency: int | None = None
     executor: str = "auto"
-
-
-class PlanChanged(Exception):
-    """The output folder holds shards that this plan would not produce (other settings, inputs or sharding)."""
 
 
 @dataclass

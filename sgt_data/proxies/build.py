@@ -280,7 +280,6 @@ def run(args) -> int:
     steps = make_steps(levels, spec, endpoint)
     columns = shards.sample_columns(levels)
     opts = options_from_args(args)
-    opts.chunk_size = spec.chunk_size
     print(
         f"build proxies: {total} samples from {input_path} ({kind}) -> {len(tasks)} shard(s), levels {levels}"
     )

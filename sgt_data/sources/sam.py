@@ -265,7 +265,6 @@ def _run_and_record(args, spec, out, tasks, reader, started, rejected, kept: int
     from sgt_data import runner
 
     opts = options_from_args(args)
-    opts.chunk_size = spec.chunk_size
     # Subsets (--shards) build into the same folder over several runs: other shards there are not stale.
     plan = {"spec": config.to_dict(spec), "source": fields.get("input_kind")}
     result = runner.run(tasks, reader, [], shards.INGEST_COLUMNS, out, opts, plan=plan, exclusive=False)
