@@ -142,15 +142,11 @@ def _new_plan(out: Path, source, spec: ovspec.LlavaOvSpec, request: dict) -> dic
 
 def _drop_stale_shards(out: Path, keep: int) -> None:
     """With --overwrite, shards numbered past the new plan's last shard would be counted as part of it: remove."""
-    for path in shards.list_shards(out):
-        index = int(path.stem.split("-")[1])
+    for index in shards.shard_indices(out):
         if index >= keep:
-            stem = shards.shard_stem(index)
-            fetch_record = (
-                out / PLAN_DIR / "fetch" / f"{stem}.json"
-            )  # else the manifest's byte totals count it
-            for stale in (path, out / "completions" / stem, out / "stats" / f"{stem}.json", fetch_record):
-                stale.unlink(missing_ok=True)
+            shards.remove_shard(out, index)
+            # its fetch record too, else the manifest's byte totals would count it
+            (out / PLAN_DIR / "fetch" / f"{shards.shard_stem(index)}.json").unlink(missing_ok=True)
 
 
 def source_for_plan(source, plan: dict):
