@@ -95,7 +95,10 @@ def test_card_vqa_configs_per_category():
     meta = _header(text)
     cfgs = {c["config_name"]: c for c in meta["configs"]}
     assert set(cfgs) == {"all", "general_vqa", "doc_chart_screen"}
-    assert cfgs["doc_chart_screen"]["filters"] == [["category", "==", "Doc/Chart/Screen"], ["status", "==", "ok"]]
+    assert cfgs["doc_chart_screen"]["filters"] == [
+        ["category", "==", "Doc/Chart/Screen"],
+        ["status", "==", "ok"],
+    ]
     assert meta["task_categories"] == ["visual-question-answering"] and "LLaVA-OneVision" in text
     assert "| `geo170k(qa)` | Math_Reasoning | 2 |" in text and "| `odd` |  | 0 |" in text
     conv = next(f for f in meta["dataset_info"][0]["features"] if f["name"] == "conversations")
